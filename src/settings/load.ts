@@ -1,0 +1,116 @@
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { settingsSchema, type Settings } from './schema.ts';
+import { fqdn, ipToInt } from './names.ts';
+
+export class SettingsError extends Error {
+  readonly problems: string[];
+  constructor(source: string, problems: string[]) {
+    super(`${source}: invalid settings:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'SettingsError';
+    this.problems = problems;
+  }
+}
+
+function jsonPath(path: readonly PropertyKey[]): string {
+  return path.reduce<string>((acc, k) => (typeof k === 'number' ? `${acc}[${k}]` : `${acc}.${String(k)}`), '$');
+}
+
+function valueAt(root: unknown, path: readonly PropertyKey[]): unknown {
+  let cur: unknown = root;
+  for (const k of path) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<PropertyKey, unknown>)[k];
+  }
+  return cur;
+}
+
+function show(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  const s = JSON.stringify(value);
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+function describeIssue(input: unknown, issue: z.core.$ZodIssue): string {
+  const path = [...issue.path];
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((k) => `${jsonPath([...path, k])}: unknown field; remove it or check its spelling`).join('\n  - ');
+  }
+  if (issue.code === 'invalid_union') {
+    // Report the branch that got furthest instead of zod's "invalid input".
+    const best = [...issue.errors].sort((a, b) => a.length - b.length)[0];
+    if (best && best.length > 0) return best.map((i) => describeIssue(input, { ...i, path: [...path, ...i.path] })).join('\n  - ');
+  }
+  const got = valueAt(input, path);
+  const expected = got === undefined && issue.code === 'invalid_type' ? `required: ${issue.message.replace(/, received undefined$/, '')}` : issue.message;
+  return `${jsonPath(path)}: got ${show(got)}; ${expected}`;
+}
+
+/** Checks that span fields, which a per-field schema cannot express. */
+function crossFieldProblems(s: Settings): string[] {
+  const problems: string[] = [];
+  const { start, stop } = s.network.lbPool;
+  const lo = ipToInt(start);
+  const hi = ipToInt(stop);
+  if (hi < lo) problems.push(`$.network.lbPool: stop ${stop} is below start ${start}; expected start <= stop`);
+  const inPool = (ip: string) => ipToInt(ip) >= lo && ipToInt(ip) <= hi;
+  if (!inPool(s.network.ingressIP)) {
+    problems.push(`$.network.ingressIP: got "${s.network.ingressIP}"; expected an address inside the pool ${start}-${stop}`);
+  }
+  const seen = new Map<string, number>();
+  s.hosts.forEach((h, i) => {
+    const at = `$.hosts[${i}]`;
+    let name: string;
+    try {
+      name = fqdn(h.name, s.domain);
+    } catch (e) {
+      problems.push(`${at}.name: got "${h.name}"; ${(e as Error).message}`);
+      return;
+    }
+    const prev = seen.get(name);
+    if (prev !== undefined) {
+      problems.push(`${at}.name: "${name}" is already $.hosts[${prev}]; a name gets one record, either external (CNAME) or local (A)`);
+    } else seen.set(name, i);
+    if (h.access === 'external' && h.ip !== undefined) {
+      problems.push(`${at}.ip: got "${h.ip}"; external hosts go through the tunnel and take no ip (use access "local" for an A record)`);
+    }
+    if (h.access === 'local' && h.service !== undefined) {
+      problems.push(`${at}.service: got "${h.service}"; only external hosts have a tunnel service`);
+    }
+    if (h.ip !== undefined && !inPool(h.ip) && h.ip !== s.network.ingressIP) {
+      problems.push(`${at}.ip: got "${h.ip}"; expected an address inside the pool ${start}-${stop} (Cilium announces only those)`);
+    }
+  });
+  if (s.cloudflare?.zone && s.domain !== s.cloudflare.zone && !s.domain.endsWith(`.${s.cloudflare.zone}`)) {
+    problems.push(`$.cloudflare.zone: got "${s.cloudflare.zone}"; expected the zone that contains domain "${s.domain}"`);
+  }
+  if (s.hosts.length > 0 && !s.cloudflare) {
+    // Hosts without Cloudflare are still rendered (Ingress cross-checks use them), so this is allowed.
+  }
+  return problems;
+}
+
+export function parseSettings(input: unknown, source = 'settings'): Settings {
+  const result = settingsSchema.safeParse(input);
+  if (!result.success) throw new SettingsError(source, result.error.issues.map((i) => describeIssue(input, i)));
+  const problems = crossFieldProblems(result.data);
+  if (problems.length > 0) throw new SettingsError(source, problems);
+  return result.data;
+}
+
+export function loadSettings(file: string): Settings {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new SettingsError(file, [`cannot read the settings file (${code ?? 'error'}); pass an existing JSON file with --config`]);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new SettingsError(file, [`not valid JSON: ${(e as Error).message}`]);
+  }
+  return parseSettings(json, file);
+}
