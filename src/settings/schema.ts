@@ -36,7 +36,7 @@ const chartRef = z.union([
     chart: z.string().min(1),
     version: z.string().regex(/^v?\d+\.\d+\.\d+([-+].*)?$/, 'expected a pinned chart version like 1.18.4'),
   }),
-  z.strictObject({ path: absPath.refine((s) => s.endsWith('.tgz') || !s.includes('.'), 'expected a .tgz chart or a chart directory') }),
+  z.strictObject({ path: absPath.describe('A chart .tgz or chart directory, e.g. from the Nix store.') }),
 ]);
 
 const jsonObject = z.record(z.string(), z.unknown());

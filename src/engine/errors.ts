@@ -1,0 +1,39 @@
+// What the engine retries. Everything else fails the step at once with its message.
+
+/** A condition that may clear by itself (apiserver starting, 5xx, 429, connection reset). */
+export class TransientError extends Error {
+  override name = 'TransientError';
+  /** Server-suggested wait (e.g. Retry-After), in ms. */
+  readonly retryAfterMs: number | undefined;
+  constructor(message: string, options?: { cause?: unknown; retryAfterMs?: number }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.retryAfterMs = options?.retryAfterMs;
+  }
+}
+
+const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'ENOTFOUND', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT']);
+
+function statusOf(e: Record<string, unknown>): number | undefined {
+  for (const k of ['status', 'statusCode', 'code']) {
+    const v = e[k];
+    if (typeof v === 'number' && v >= 100 && v < 600) return v;
+  }
+  const body = e.body as Record<string, unknown> | undefined;
+  if (body && typeof body.code === 'number') return body.code;
+  return undefined;
+}
+
+export function isTransient(err: unknown): boolean {
+  if (err instanceof TransientError) return true;
+  if (!err || typeof err !== 'object') return false;
+  const e = err as Record<string, unknown>;
+  if (typeof e.code === 'string' && TRANSIENT_CODES.has(e.code)) return true;
+  const status = statusOf(e);
+  if (status !== undefined) return status === 408 || status === 409 || status === 429 || status >= 500;
+  if (e.cause) return isTransient(e.cause);
+  return false;
+}
+
+export function retryAfterMs(err: unknown): number | undefined {
+  return err instanceof TransientError ? err.retryAfterMs : undefined;
+}

@@ -1,0 +1,208 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { pino } from 'pino';
+import { runSteps, backoffMs, checkGraph, type RunOptions } from '../../src/engine/run.ts';
+import { TransientError } from '../../src/engine/errors.ts';
+import { acquireLock, LockHeldError } from '../../src/engine/lock.ts';
+import { parseSettings } from '../../src/settings/load.ts';
+import type { Change, Step, StepContext, StepName } from '../../src/steps/types.ts';
+
+const settings = parseSettings({
+  domain: 'example.org',
+  network: { lbPool: { start: '10.0.0.10', stop: '10.0.0.20' }, ingressIP: '10.0.0.10' },
+  gitops: { repoURL: 'https://git.example.org/r.git' },
+});
+const log = pino({ level: 'silent' });
+
+interface Fake {
+  name: StepName;
+  needs?: StepName[];
+  behave?: (attempt: number, signal: AbortSignal) => Promise<void> | void;
+  pending?: Change[];
+  timeoutMs?: number;
+  out?: Record<string, unknown>;
+}
+
+function fakeSteps(defs: Fake[], events: string[]): Step[] {
+  return defs.map((d) => {
+    let attempt = 0;
+    let applied = false;
+    return {
+      name: d.name,
+      needs: d.needs ?? [],
+      ...(d.timeoutMs ? { timeoutMs: d.timeoutMs } : {}),
+      want: (_s, up) => up,
+      async have(ctx: StepContext) {
+        attempt++;
+        events.push(`have ${d.name}`);
+        await d.behave?.(attempt, ctx.signal);
+        return applied;
+      },
+      changes: (_w, done) => (done ? [] : (d.pending ?? [])),
+      async change(ctx: StepContext) {
+        events.push(`change ${d.name} upstream=${JSON.stringify(ctx.upstream)}`);
+        applied = true;
+        return d.out;
+      },
+      outputs: () => d.out ?? {},
+      rendered: () => ({}),
+    } satisfies Step<unknown, boolean>;
+  });
+}
+
+function options(mode: RunOptions['mode'] = 'apply', extra: Partial<RunOptions> = {}): RunOptions {
+  return {
+    mode,
+    settings,
+    log,
+    retry: { attempts: 3, baseMs: 1, maxMs: 2 },
+    context: (step, upstream, signal) => ({ settings, log, signal, upstream, credentials: undefined as never, adapters: undefined as never, progress: () => {} }),
+    ...extra,
+  };
+}
+
+const create: Change[] = [{ action: 'create', target: 'thing' }];
+
+test('steps run after what they need, and outputs flow to dependents', async () => {
+  const events: string[] = [];
+  const steps = fakeSteps(
+    [
+      { name: 'dns', needs: ['tunnel'], pending: create },
+      { name: 'tunnel', pending: create, out: { tunnelId: 't-1' } },
+    ],
+    events,
+  );
+  const reports = await runSteps(steps, options());
+  assert.deepEqual(reports.map((r) => [r.step, r.outcome]), [['tunnel', 'changed'], ['dns', 'changed']]);
+  assert.ok(events.indexOf('change tunnel upstream={}') < events.indexOf('have dns'));
+  assert.ok(events.includes('change dns upstream={"tunnelId":"t-1"}'));
+});
+
+test('a failed step blocks its dependents but not independent branches', async () => {
+  const events: string[] = [];
+  const steps = fakeSteps(
+    [
+      { name: 'preflight' },
+      { name: 'cilium', needs: ['preflight'], behave: () => { throw new Error('chart not found'); } },
+      { name: 'cilium-crds', needs: ['cilium'] },
+      { name: 'tunnel', pending: create },
+      { name: 'dns', needs: ['tunnel'], pending: create },
+    ],
+    events,
+  );
+  const reports = await runSteps(steps, options());
+  const by = Object.fromEntries(reports.map((r) => [r.step, r]));
+  assert.equal(by.cilium!.outcome, 'failed');
+  assert.equal(by.cilium!.error, 'chart not found');
+  assert.equal(by['cilium-crds']!.outcome, 'blocked');
+  assert.match(by['cilium-crds']!.error!, /cilium did not succeed/);
+  assert.equal(by.dns!.outcome, 'changed');
+  assert.equal(by.cilium!.attempts, 1, 'a permanent error is not retried');
+});
+
+test('transient errors are retried with backoff, then succeed', async () => {
+  const sleeps: number[] = [];
+  const steps = fakeSteps([{ name: 'preflight', behave: (n) => { if (n < 3) throw new TransientError('apiserver starting'); }, pending: create }], []);
+  const [r] = await runSteps(steps, options('apply', { sleep: async (ms) => { sleeps.push(ms); } }));
+  assert.equal(r!.outcome, 'changed');
+  assert.equal(r!.attempts, 3);
+  assert.equal(sleeps.length, 2);
+});
+
+test('retries stop at the attempt limit with the last error', async () => {
+  const steps = fakeSteps([{ name: 'preflight', behave: () => { throw Object.assign(new Error('503 from server'), { statusCode: 503 }); } }], []);
+  const [r] = await runSteps(steps, options('apply', { sleep: async () => {} }));
+  assert.equal(r!.outcome, 'failed');
+  assert.equal(r!.attempts, 3);
+  assert.equal(r!.error, '503 from server');
+});
+
+test('Retry-After from the server is honoured over a shorter backoff', async () => {
+  const sleeps: number[] = [];
+  const steps = fakeSteps([{ name: 'dns', behave: (n) => { if (n === 1) throw new TransientError('429', { retryAfterMs: 5000 }); } }], []);
+  await runSteps(steps, options('apply', { sleep: async (ms) => { sleeps.push(ms); } }));
+  assert.deepEqual(sleeps, [5000]);
+});
+
+test('a step that hangs is ended by its timeout and the error says so', async () => {
+  const steps = fakeSteps(
+    [
+      { name: 'cilium-crds', timeoutMs: 100, behave: (_n, signal) => new Promise((_r, reject) => signal.addEventListener('abort', () => reject(signal.reason))) },
+      { name: 'tunnel', pending: create },
+    ],
+    [],
+  );
+  const t0 = Date.now();
+  const reports = await runSteps(steps, options());
+  assert.ok(Date.now() - t0 < 2000);
+  assert.equal(reports[0]!.outcome, 'failed');
+  assert.match(reports[0]!.error!, /cilium-crds: timed out after/);
+  assert.equal(reports[1]!.outcome, 'changed');
+});
+
+test('plan observes and changes nothing', async () => {
+  const events: string[] = [];
+  const reports = await runSteps(fakeSteps([{ name: 'preflight', pending: create }], events), options('plan'));
+  assert.equal(reports[0]!.outcome, 'planned');
+  assert.deepEqual(reports[0]!.changes, create);
+  assert.ok(!events.some((e) => e.startsWith('change')));
+});
+
+test('--only runs the named steps and only observes what they need', async () => {
+  const events: string[] = [];
+  const steps = fakeSteps(
+    [
+      { name: 'preflight', pending: create },
+      { name: 'tunnel', needs: ['preflight'], pending: create, out: { tunnelId: 't' } },
+      { name: 'dns', needs: ['tunnel'], pending: create },
+      { name: 'cilium', needs: ['preflight'], pending: create },
+    ],
+    events,
+  );
+  const reports = await runSteps(steps, options('apply', { only: ['dns'] }));
+  assert.deepEqual(reports.map((r) => [r.step, r.outcome]), [['preflight', 'observed'], ['tunnel', 'observed'], ['dns', 'changed']]);
+  assert.deepEqual(events.filter((e) => e.startsWith('change')), ['change dns upstream={"tunnelId":"t"}']);
+});
+
+test('a second apply after convergence changes nothing', async () => {
+  const steps = fakeSteps([{ name: 'preflight', pending: create }], []);
+  await runSteps(steps, options());
+  const [r] = await runSteps(steps, options());
+  assert.equal(r!.outcome, 'unchanged');
+});
+
+test('cycles and unknown needs are rejected', () => {
+  assert.throws(() => checkGraph(fakeSteps([{ name: 'dns', needs: ['tunnel'] }, { name: 'tunnel', needs: ['dns'] }], [])), /cycle/);
+  assert.throws(() => checkGraph(fakeSteps([{ name: 'dns', needs: ['tunnel'] }], [])), /unknown step tunnel/);
+});
+
+test('backoff grows exponentially with jitter and a cap', () => {
+  const p = { attempts: 10, baseMs: 100, maxMs: 1000 };
+  assert.equal(backoffMs(1, p, () => 0), 50);
+  assert.equal(backoffMs(1, p, () => 1), 100);
+  assert.equal(backoffMs(3, p, () => 1), 400);
+  assert.equal(backoffMs(9, p, () => 1), 1000);
+});
+
+test('the lock keeps a second run out and a dead holder does not block', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hb-lock-'));
+  const release = acquireLock(dir);
+  assert.throws(() => acquireLock(dir), (e) => e instanceof LockHeldError && /another run \(pid \d+/.test(e.message));
+  release();
+  assert.ok(!existsSync(join(dir, 'run.lock')));
+  // A run killed with SIGKILL leaves its file behind; its pid is gone.
+  const dead = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' });
+  writeFileSync(join(dir, 'run.lock'), JSON.stringify({ pid: Number(dead.stdout.trim()), since: 'earlier' }));
+  const again = acquireLock(dir);
+  again();
+});
+
+test('a lock left by a previous boot is stale even if its pid is alive now', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hb-lock-'));
+  writeFileSync(join(dir, 'run.lock'), JSON.stringify({ pid: process.pid, boot: 'another-boot', since: 'yesterday' }));
+  acquireLock(dir)();
+});
