@@ -1,0 +1,104 @@
+{
+  description = "homelab-bootstrap: brings a k3s homelab from bare k3s to \"Argo CD owns everything\", idempotently, on every boot";
+
+  # The current stable release (26.05: Node 24, Helm 3.20, k3s). No flake.lock is committed
+  # yet: locking needs nixpkgs' narHash, which could not be computed where this was written
+  # (no access to nixpkgs). The first `nix flake lock` (or any `nix build`/`nix flake check`)
+  # pins the branch's current commit; commit that flake.lock. See docs/nixos.md.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+
+  outputs =
+    { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      # The daemon drives k3s through systemd units; it is Linux-only like k3s.
+      systems = [
+        "x86_64-linux"
+        "aarch64-linux"
+      ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+    in
+    {
+      packages = forAllSystems (pkgs: rec {
+        homelab-bootstrap = pkgs.callPackage ./nix/package.nix { };
+        default = homelab-bootstrap;
+      });
+
+      # The module, with its package defaulting to this flake's build (same nixpkgs pin as
+      # the checks below) rather than one built from the importing system's nixpkgs.
+      nixosModules = rec {
+        homelab-bootstrap =
+          { lib, pkgs, ... }:
+          {
+            imports = [ ./nix/module.nix ];
+            services.homelab-bootstrap.package =
+              lib.mkDefault
+                self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+          };
+        default = homelab-bootstrap;
+      };
+
+      checks = forAllSystems (
+        pkgs:
+        let
+          system = pkgs.stdenv.hostPlatform.system;
+        in
+        {
+          # Builds the daemon; its installCheck runs `--version` and validates the example.
+          package = self.packages.${system}.default;
+          # The module in a minimal NixOS system: evaluation, assertions, the settings file
+          # validated by the daemon, the generated units.
+          module-eval = import ./nix/tests/module-eval-nixos.nix {
+            inherit pkgs self;
+            nixosSystem = lib.nixosSystem;
+          };
+          # A k3s server in a VM: the whole bootstrap against local charts and the rig's
+          # Cloudflare emulator. Needs KVM.
+          vm-bootstrap = pkgs.testers.runNixOSTest (import ./nix/tests/vm-bootstrap.nix { inherit self; });
+        }
+      );
+
+      # `nix develop`: the rig of .ci/run (scripts/test-binaries.sh builds the same tools
+      # from source at pinned versions; here nixpkgs provides them).
+      devShells = forAllSystems (pkgs: {
+        default =
+          let
+            testBinaries = pkgs.runCommand "homelab-bootstrap-test-binaries" { } ''
+              mkdir -p $out
+              ln -s ${lib.getExe' pkgs.kubernetes "kube-apiserver"} $out/kube-apiserver
+              ln -s ${lib.getExe' pkgs.etcd "etcd"} $out/etcd
+              ln -s ${lib.getExe' pkgs.kubectl "kubectl"} $out/kubectl
+              ln -s ${lib.getExe' pkgs.kubernetes-helm "helm"} $out/helm
+              ln -s ${lib.getExe' pkgs.sops "sops"} $out/sops
+              ln -s ${lib.getExe' pkgs.age "age"} $out/age
+              ln -s ${lib.getExe' pkgs.age "age-keygen"} $out/age-keygen
+              # kustomize-sops installs its binary as a kustomize plugin, not under bin/.
+              ksops="$(find -L ${pkgs.kustomize-sops} -type f \( -name ksops -o -name kustomize-sops \) | head -n 1)"
+              [ -n "$ksops" ] || { echo "no ksops binary in ${pkgs.kustomize-sops}" >&2; exit 1; }
+              ln -s "$ksops" $out/ksops
+            '';
+          in
+          pkgs.mkShell {
+            packages = [
+              pkgs.nodejs_24
+              pkgs.kubernetes-helm
+              pkgs.kubectl
+              pkgs.kubernetes
+              pkgs.etcd
+              pkgs.sops
+              pkgs.age
+              pkgs.kustomize-sops
+              pkgs.go
+              pkgs.git
+            ];
+            # test/rig/binaries.ts reads HB_BIN_DIR. HB_BINARIES_FROM=nix tells .ci/run not to
+            # rebuild them with scripts/test-binaries.sh (that script pins its own versions).
+            shellHook = ''
+              export HB_BIN_DIR=${testBinaries}
+              export HB_BINARIES_FROM=nix
+              export NIXPKGS_LIB=${pkgs.path}/lib
+            '';
+          };
+      });
+    };
+}

@@ -1,0 +1,122 @@
+# The daemon, built from the repository's package-lock.json with importNpmLock (every
+# tarball is a fixed-output fetch pinned by the lock's own integrity hash, so there is no
+# npmDepsHash to keep up to date), run by nixpkgs' Node 24, with helm on its PATH.
+{
+  lib,
+  buildNpmPackage,
+  importNpmLock,
+  makeWrapper,
+  nodejs_24,
+  kubernetes-helm,
+}:
+let
+  packageJSON = lib.importJSON ../package.json;
+  lock = lib.importJSON ../package-lock.json;
+
+  # A lock written with npm's `omit-lockfile-registry-resolved` carries no `resolved` URLs,
+  # and importNpmLock only fetches entries that have one. The public registry's tarball URL
+  # follows from name and version; `integrity` still pins the bytes, so nothing is trusted
+  # that the lock did not already pin. Entries that do have a URL are left alone.
+  registry = "https://registry.npmjs.org";
+  isInstalledPackage = key: lib.hasPrefix "node_modules/" key || lib.hasInfix "/node_modules/" key;
+  packageName = key: entry: entry.name or (lib.last (lib.splitString "node_modules/" key));
+  tarballURL =
+    key: entry:
+    let
+      name = packageName key entry;
+      base = lib.last (lib.splitString "/" name);
+    in
+    "${registry}/${name}/-/${base}-${entry.version}.tgz";
+  needsURL =
+    key: entry:
+    isInstalledPackage key
+    && !(entry ? resolved)
+    && entry ? version
+    && entry ? integrity
+    && !(entry.link or false)
+    && !(entry.inBundle or false);
+  lockWithURLs = lock // {
+    packages = lib.mapAttrs (
+      key: entry: if needsURL key entry then entry // { resolved = tarballURL key entry; } else entry
+    ) lock.packages;
+  };
+
+  # The daemon parses helm's output and is tested with Helm 3 (scripts/test-binaries.sh pins
+  # it); nixos-26.05 ships Helm 3.20, nixpkgs-unstable has moved to Helm 4.
+  helm =
+    lib.warnIf (lib.versions.major kubernetes-helm.version != "3")
+      "homelab-bootstrap is tested with Helm 3, but this build wraps Helm ${kubernetes-helm.version}; pass a Helm 3 as `kubernetes-helm` (callPackage ./nix/package.nix { kubernetes-helm = …; }) if releases misbehave."
+      kubernetes-helm;
+in
+buildNpmPackage {
+  pname = packageJSON.name;
+  inherit (packageJSON) version;
+
+  # Only what the build reads, so editing docs or tests does not rebuild the daemon.
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../package.json
+      ../package-lock.json
+      ../tsconfig.json
+      ../tsconfig.build.json
+      (lib.fileset.maybeMissing ../.npmrc)
+      ../src
+      ../manifests
+    ];
+  };
+
+  nodejs = nodejs_24;
+  npmDeps = importNpmLock {
+    package = packageJSON;
+    packageLock = lockWithURLs;
+  };
+  npmConfigHook = importNpmLock.npmConfigHook;
+
+  # The `node` devDependency downloads a Node binary in a preinstall script, which cannot
+  # work in the sandbox and is not wanted: nixpkgs' nodejs_24 runs the daemon. Scripts stay
+  # off for every npm call (install, rebuild, pack, prune), which also skips `prepare`.
+  npmFlags = [ "--ignore-scripts" ];
+
+  # `npm run build` puts node_modules/.bin first on PATH, where that devDependency left a
+  # `node` shim pointing at the binary it never downloaded.
+  preBuild = ''
+    rm -f node_modules/.bin/node
+  '';
+  # npm run build = tsc -p tsconfig.build.json -> dist/
+  npmBuildScript = "build";
+
+  nativeBuildInputs = [ makeWrapper ];
+  # npmInstallHook wraps bin/homelab-bootstrap around `node dist/cli.js`; these arguments
+  # are added to that wrapper. The daemon runs `helm` for the Cilium and Argo CD releases.
+  makeWrapperArgs = [
+    "--prefix"
+    "PATH"
+    ":"
+    (lib.makeBinPath [ helm ])
+  ];
+
+  doInstallCheck = true;
+  installCheckPhase = ''
+    runHook preInstallCheck
+    version="$("$out/bin/homelab-bootstrap" --version)"
+    if [ "$version" != "${packageJSON.version}" ]; then
+      echo "homelab-bootstrap --version printed '$version', expected ${packageJSON.version}" >&2
+      exit 1
+    fi
+    PATH="$out/bin:$PATH" "$out/bin/homelab-bootstrap" validate-config ${../examples/homelab.json}
+    runHook postInstallCheck
+  '';
+
+  passthru = {
+    nodejs = nodejs_24;
+    inherit helm;
+  };
+
+  meta = {
+    description = packageJSON.description;
+    license = lib.licenses.mit;
+    mainProgram = "homelab-bootstrap";
+    platforms = lib.platforms.linux;
+  };
+}

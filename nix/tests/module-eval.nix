@@ -1,0 +1,419 @@
+# Evaluates nix/module.nix with nixpkgs' real module system (`lib` only: no nixpkgs
+# packages, no builds) against a stand-in for the few NixOS options it touches, in several
+# scenarios, and reports what each produced. It runs where only `lib` is at hand:
+#
+#   nix-instantiate --eval --strict --json nix/tests/module-eval.nix --arg lib 'import <nixpkgs/lib>'
+#
+# test/unit/nix-contract.test.ts runs it when NIXPKGS_LIB points at a nixpkgs `lib` directory
+# and checks the report (the settings JSON against the daemon's parser, the unit, the k3s
+# flags, which assertions fire). The flake's `checks.module-eval` is the same idea in a real
+# NixOS system.
+{
+  lib,
+  # A file holding the configuration.nix of docs/nixos.md, to evaluate it too.
+  docsConfig ? null,
+}:
+let
+  inherit (lib) mkOption types;
+
+  fakeDrv = name: extra: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+  } // extra;
+
+  # pkgs.formats.json's type, as nixpkgs defines it.
+  jsonValue =
+    with types;
+    let
+      valueType =
+        nullOr (oneOf [
+          bool
+          int
+          float
+          str
+          path
+          (attrsOf valueType)
+          (listOf valueType)
+        ])
+        // {
+          description = "JSON value";
+        };
+    in
+    valueType;
+
+  pkgs = {
+    formats.json = _: {
+      type = jsonValue;
+      generate = name: value: builtins.toFile name (builtins.toJSON value);
+    };
+    runCommand = name: _env: _script: fakeDrv name { };
+    callPackage = _: _: fakeDrv "homelab-bootstrap-0.1.0" { meta.mainProgram = "homelab-bootstrap"; };
+  };
+
+  unitType = types.attrsOf (
+    types.submodule {
+      freeformType = types.attrsOf types.anything;
+      options = {
+        wantedBy = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        wants = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        after = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        serviceConfig = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
+        };
+      };
+    }
+  );
+
+  # The NixOS options module.nix reads or writes, with nixpkgs' types where merging matters.
+  nixosStub = {
+    options = {
+      assertions = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
+      };
+      warnings = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      services.k3s = {
+        enable = mkOption {
+          type = types.bool;
+          default = false;
+        };
+        role = mkOption {
+          type = types.enum [
+            "server"
+            "agent"
+          ];
+          default = "server";
+        };
+        extraFlags = mkOption {
+          type = with types; either str (listOf str);
+          default = [ ];
+        };
+        disable = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        extraKubeProxyConfig = mkOption {
+          type = types.attrsOf types.anything;
+          default = { };
+        };
+      };
+      networking.firewall = {
+        enable = mkOption {
+          type = types.bool;
+          default = true;
+        };
+        checkReversePath = mkOption {
+          type = types.either types.bool (
+            types.enum [
+              "strict"
+              "loose"
+            ]
+          );
+          default = true;
+        };
+        allowedTCPPorts = mkOption {
+          type = types.listOf types.port;
+          default = [ ];
+        };
+        allowedUDPPorts = mkOption {
+          type = types.listOf types.port;
+          default = [ ];
+        };
+      };
+      boot.kernelModules = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
+      systemd.services = mkOption {
+        type = unitType;
+        default = { };
+      };
+      systemd.timers = mkOption {
+        type = unitType;
+        default = { };
+      };
+    };
+  };
+
+  # The sops-nix options module.nix and docs/nixos.md use.
+  sopsOptions = {
+    options.sops = {
+      age.keyFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+      };
+      defaultSopsFile = mkOption {
+        type = types.path;
+      };
+      secrets = mkOption {
+        type = types.attrsOf (
+          types.submodule (
+            { name, ... }:
+            {
+              options.path = mkOption {
+                type = types.str;
+                default = "/run/secrets/${name}";
+              };
+            }
+          )
+        );
+        default = { };
+      };
+    };
+  };
+
+  # sops-nix imported with a key and running as a unit (sysusers/userborn systems).
+  sopsStub = {
+    imports = [ sopsOptions ];
+    config = {
+      sops.age.keyFile = "/var/lib/sops-nix/key.txt";
+      systemd.services.sops-install-secrets.serviceConfig.Type = "oneshot";
+    };
+  };
+
+  # SPEC.md's homelab as docs/nixos.md configures it; the stand-in pkgs cannot run the daemon,
+  # so the build-time validation is off here (the contract test runs the daemon's parser on
+  # the JSON instead).
+  homelab = {
+    imports = [ ./homelab.nix ];
+    services.homelab-bootstrap.checkSettings = false;
+  };
+
+  eval =
+    modules:
+    lib.evalModules {
+      modules = [
+        ../module.nix
+        nixosStub
+        { _module.args.pkgs = pkgs; }
+      ]
+      ++ modules;
+    };
+
+  failedAssertions =
+    config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  # Forces what a NixOS build forces, in its order: the assertions first (a failed one stops
+  # the build with its message), then the unit. A type error or an undefined required option
+  # throws, which shows as `evaluates = false`.
+  tryReport =
+    modules:
+    let
+      c = (eval modules).config;
+      checked = builtins.tryEval (builtins.deepSeq (failedAssertions c) (failedAssertions c));
+      unit = builtins.tryEval (
+        builtins.deepSeq [
+          c.systemd.services.homelab-bootstrap.serviceConfig
+          c.warnings
+        ] true
+      );
+    in
+    if !checked.success then
+      {
+        evaluates = false;
+        failed = [ ];
+        warnings = [ ];
+      }
+    else if checked.value != [ ] then
+      {
+        evaluates = true;
+        failed = checked.value;
+        warnings = [ ];
+      }
+    else
+      {
+        evaluates = unit.success;
+        failed = [ ];
+        warnings = if unit.success then c.warnings else [ ];
+      };
+
+  base = eval [ homelab ];
+  c = base.config;
+  svc = c.systemd.services.homelab-bootstrap;
+  reconcile = c.systemd.services.homelab-bootstrap-reconcile;
+  withSops = (eval [ homelab sopsStub ]).config;
+in
+{
+  homelab = {
+    failed = failedAssertions c;
+    inherit (c) warnings;
+    # The JSON the module writes (`nix-instantiate --eval` cannot write files, so this is the
+    # module's own `clean` applied again rather than the generated file).
+    settingsJSON = builtins.toJSON (
+      (import ../settings-options.nix {
+        inherit lib;
+        jsonType = jsonValue;
+      }).clean
+        c.services.homelab-bootstrap.settings
+    );
+    unit = {
+      inherit (svc) wantedBy wants after;
+      inherit (svc.serviceConfig)
+        Type
+        RemainAfterExit
+        Restart
+        LoadCredential
+        ExecStart
+        DynamicUser
+        StateDirectory
+        SystemCallFilter
+        CapabilityBoundingSet
+        ;
+      restartIfChanged = svc.restartIfChanged;
+    };
+    reconcile = {
+      inherit (reconcile.serviceConfig) Type ExecStart SuccessExitStatus;
+      restartIfChanged = reconcile.restartIfChanged;
+      timer = c.systemd.timers.homelab-bootstrap-reconcile.timerConfig;
+    };
+    k3s = {
+      inherit (c.services.k3s)
+        enable
+        role
+        extraFlags
+        disable
+        ;
+    };
+    firewall = {
+      inherit (c.networking.firewall) enable checkReversePath allowedTCPPorts allowedUDPPorts;
+    };
+  };
+
+  docs =
+    if docsConfig == null then
+      null
+    else
+      let
+        d = (eval [
+          sopsOptions
+          (import docsConfig)
+          { services.homelab-bootstrap.checkSettings = false; }
+        ]).config;
+      in
+      {
+        failed = failedAssertions d;
+        inherit (d) warnings;
+        settingsJSON = builtins.toJSON (
+          (import ../settings-options.nix {
+            inherit lib;
+            jsonType = jsonValue;
+          }).clean
+            d.services.homelab-bootstrap.settings
+        );
+        inherit (d.systemd.services.homelab-bootstrap.serviceConfig) LoadCredential;
+      };
+
+  sops = {
+    ageKeyFile = withSops.services.homelab-bootstrap.ageKeyFile;
+    after = withSops.systemd.services.homelab-bootstrap.after;
+    LoadCredential = withSops.systemd.services.homelab-bootstrap.serviceConfig.LoadCredential;
+  };
+
+  # Each scenario should fail evaluation or an assertion; the test checks which.
+  scenarios = {
+    flannelReEnabled = tryReport [
+      homelab
+      { services.k3s.extraFlags = [ "--flannel-backend=vxlan" ]; }
+    ];
+    flannelAsTwoWords = tryReport [
+      homelab
+      { services.k3s.extraFlags = [ "--flannel-backend" "host-gw" ]; }
+    ];
+    kubeProxyReEnabled = tryReport [
+      homelab
+      { services.k3s.extraFlags = [ "--disable-kube-proxy=false" ]; }
+    ];
+    kubeProxyConfigured = tryReport [
+      homelab
+      { services.k3s.extraKubeProxyConfig.mode = "nftables"; }
+    ];
+    networkPolicyReEnabled = tryReport [
+      homelab
+      { services.k3s.extraFlags = [ "--disable-network-policy=false" ]; }
+    ];
+    worldReadableKubeconfig = tryReport [
+      homelab
+      { services.k3s.extraFlags = [ "--write-kubeconfig-mode=644" ]; }
+    ];
+    strictReversePath = tryReport [
+      homelab
+      { networking.firewall.checkReversePath = true; }
+    ];
+    agentRole = tryReport [
+      homelab
+      { services.k3s.role = "agent"; }
+    ];
+    firewallOff = tryReport [
+      homelab
+      { networking.firewall.enable = false; }
+    ];
+    chartTwice = tryReport [
+      homelab
+      {
+        services.homelab-bootstrap.charts.cilium = fakeDrv "cilium-1.18.4.tgz" { };
+        services.homelab-bootstrap.settings.cilium.chart = {
+          repo = "https://helm.cilium.io";
+          chart = "cilium";
+          version = "1.18.4";
+        };
+      }
+    ];
+    cloudflareWithoutToken = tryReport [
+      homelab
+      { services.homelab-bootstrap.cloudflare.apiTokenFile = lib.mkForce null; }
+    ];
+    keyInStore = tryReport [
+      homelab
+      { services.homelab-bootstrap.ageKeyFile = "${builtins.storeDir}/abc-keys.txt"; }
+    ];
+    keyAsPathLiteral = tryReport [
+      homelab
+      { services.homelab-bootstrap.kubeconfigFile = /etc/hostname; }
+    ];
+    conflictingCredentialPath = tryReport [
+      homelab
+      { services.homelab-bootstrap.settings.kubeconfigFile = "/root/other.yaml"; }
+    ];
+    missingDomain = tryReport [
+      homelab
+      { services.homelab-bootstrap.settings.domain = lib.mkForce null; }
+    ];
+    # Controls: these must evaluate cleanly.
+    harmlessExtraFlags = tryReport [
+      homelab
+      {
+        services.k3s.extraFlags = [
+          "--flannel-backend=none"
+          "--write-kubeconfig-mode"
+          "0600"
+          "--node-ip=192.168.0.10"
+        ];
+      }
+    ];
+    chartFromNix = tryReport [
+      homelab
+      { services.homelab-bootstrap.charts.cilium = fakeDrv "cilium-1.18.4.tgz" { }; }
+    ];
+    k3sManagedElsewhere = tryReport [
+      homelab
+      {
+        services.homelab-bootstrap.k3s.configure = false;
+        services.k3s.extraFlags = [ "--flannel-backend=vxlan" ];
+      }
+    ];
+  };
+}

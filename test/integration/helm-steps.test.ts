@@ -1,0 +1,430 @@
+// The cilium and argocd steps against a real kube-apiserver with the real helm binary and the
+// fixture charts. Steps are driven the way the engine drives them: want, have, changes, change.
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
+import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
+import { auditMark, countRequests } from '../rig/audit.ts';
+import { kubeJson } from '../rig/kube-http.ts';
+import { parseSettings } from '../../src/settings/load.ts';
+import type { Settings, SettingsInput } from '../../src/settings/schema.ts';
+import { Credentials } from '../../src/credentials.ts';
+import { createAdapters } from '../../src/adapters/index.ts';
+import { createLogger } from '../../src/log.ts';
+import type { Change, Step, StepContext } from '../../src/steps/types.ts';
+import { ciliumStep, createCiliumStep } from '../../src/steps/cilium.ts';
+import { argocdStep } from '../../src/steps/argocd.ts';
+import { planRelease, type ReleaseHave, type ReleaseWant } from '../../src/steps/helm-release.ts';
+import { readiness, RolloutTimeoutError } from '../../src/steps/rollout.ts';
+import { ciliumValues } from '../../src/desired/cilium-values.ts';
+import { argocdValues } from '../../src/desired/argocd-values.ts';
+import { isTransient } from '../../src/engine/errors.ts';
+
+const CILIUM_CHART = join(repoRoot, 'test', 'fixtures', 'charts', 'cilium');
+const ARGOCD_CHART = join(repoRoot, 'test', 'fixtures', 'charts', 'argo-cd');
+
+// ---------------------------------------------------------------------------------------------
+// Pure parts first: the planning rules and the readiness rules, without a cluster.
+
+describe('planRelease (pure)', () => {
+  const want: ReleaseWant = {
+    release: { name: 'cilium', namespace: 'kube-system', chart: { path: '/charts/cilium' }, values: { a: { b: 1 } } },
+    rollout: [],
+  };
+  const chart = { name: 'cilium', version: '1.18.4' };
+
+  it('installs when there is no release', () => {
+    const ops = planRelease(want, { chart, workloads: [] });
+    assert.deepEqual(ops.map((o) => o.op.kind), ['install']);
+    assert.equal(ops[0]!.change.action, 'create');
+  });
+
+  it('does nothing when chart and values match a deployed release', () => {
+    const have: ReleaseHave = { chart, workloads: [], deployed: { revision: 3, status: 'deployed', chart: 'cilium-1.18.4', values: { a: { b: 1 } } } };
+    assert.deepEqual(planRelease(want, have), []);
+  });
+
+  it('upgrades a failed release even when chart and values match', () => {
+    const have: ReleaseHave = { chart, workloads: [], deployed: { revision: 3, status: 'failed', chart: 'cilium-1.18.4', values: { a: { b: 1 } } } };
+    const ops = planRelease(want, have);
+    assert.deepEqual(ops.map((o) => o.op.kind), ['upgrade']);
+    assert.match(ops[0]!.change.detail ?? '', /revision 3 is failed/);
+  });
+
+  it('a chart version change is a $.chart diff', () => {
+    const have: ReleaseHave = { chart, workloads: [], deployed: { revision: 1, status: 'deployed', chart: 'cilium-1.18.3', values: { a: { b: 1 } } } };
+    assert.deepEqual(planRelease(want, have)[0]!.change.diff, [{ path: '$.chart', from: 'cilium-1.18.3', to: 'cilium-1.18.4' }]);
+  });
+
+  it('pending-rollback: roll back again, then upgrade if the values differ', () => {
+    const have: ReleaseHave = {
+      chart,
+      workloads: [],
+      recovery: { kind: 'rollback', status: 'pending-rollback', revision: 5, toRevision: 3 },
+      deployed: { revision: 6, status: 'deployed', chart: 'cilium-1.18.4', values: { a: { b: 2 } } },
+    };
+    const ops = planRelease(want, have);
+    assert.deepEqual(ops.map((o) => o.op.kind), ['rollback', 'upgrade']);
+    assert.match(ops[0]!.change.detail ?? '', /pending-rollback.*revision 3/);
+  });
+
+  it('uninstalling (a killed uninstall): uninstall again, then install', () => {
+    const have: ReleaseHave = { chart, workloads: [], recovery: { kind: 'uninstall', status: 'uninstalling', revision: 2 } };
+    const ops = planRelease(want, have);
+    assert.deepEqual(ops.map((o) => [o.op.kind, o.change.action]), [['uninstall', 'delete'], ['install', 'create']]);
+  });
+
+  it('waits after a write even if the workloads looked ready, and only for unready ones otherwise', () => {
+    const ref = { kind: 'DaemonSet' as const, name: 'cilium', namespace: 'kube-system' };
+    const w = { ...want, rollout: [ref] };
+    const ready = [{ ref, readiness: { ready: true, summary: 'ready' } }];
+    const notReady = [{ ref, readiness: { ready: false, summary: '0 of 1 available' } }];
+    assert.deepEqual(planRelease(w, { chart, workloads: ready }).map((o) => o.op.kind), ['install', 'wait']);
+    const deployed = { revision: 1, status: 'deployed', chart: 'cilium-1.18.4', values: { a: { b: 1 } } };
+    assert.deepEqual(planRelease(w, { chart, workloads: ready, deployed }), []);
+    const ops = planRelease(w, { chart, workloads: notReady, deployed });
+    assert.deepEqual(ops.map((o) => [o.op.kind, o.change.action, o.change.target]), [['wait', 'wait', 'DaemonSet kube-system/cilium']]);
+  });
+});
+
+describe('readiness (pure)', () => {
+  const meta = { name: 'x', namespace: 'kube-system', generation: 2 };
+  it('a DaemonSet is ready when every scheduled pod is updated and available at the current generation', () => {
+    const ds = (status: object) => ({ apiVersion: 'apps/v1', kind: 'DaemonSet', metadata: meta, status });
+    assert.equal(readiness('DaemonSet', undefined).summary, 'not found');
+    assert.equal(readiness('DaemonSet', ds({ observedGeneration: 1, desiredNumberScheduled: 1, updatedNumberScheduled: 1, numberAvailable: 1 })).ready, false);
+    assert.equal(readiness('DaemonSet', ds({ observedGeneration: 2 })).summary, 'no node scheduled yet');
+    assert.equal(readiness('DaemonSet', ds({ observedGeneration: 2, desiredNumberScheduled: 1, updatedNumberScheduled: 1, numberAvailable: 0 })).summary, '0 of 1 available');
+    assert.equal(readiness('DaemonSet', ds({ observedGeneration: 2, desiredNumberScheduled: 1, updatedNumberScheduled: 1, numberAvailable: 1 })).ready, true);
+  });
+  it('a Deployment is ready when all replicas are updated and available and no old one is left', () => {
+    const dep = (status: object) => ({ apiVersion: 'apps/v1', kind: 'Deployment', metadata: meta, spec: { replicas: 1 }, status });
+    assert.equal(readiness('Deployment', dep({ observedGeneration: 2, replicas: 2, updatedReplicas: 1, availableReplicas: 1 })).summary, '1 old replicas pending termination');
+    const stuck = dep({ observedGeneration: 2, updatedReplicas: 0, conditions: [{ type: 'Progressing', status: 'False', reason: 'ProgressDeadlineExceeded' }] });
+    assert.match(readiness('Deployment', stuck).summary, /progress deadline exceeded/);
+    assert.equal(readiness('Deployment', dep({ observedGeneration: 2, replicas: 1, updatedReplicas: 1, availableReplicas: 1 })).ready, true);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Against the real apiserver and the real helm.
+
+describe('helm steps against a real apiserver', () => {
+  let cp: ControlPlane;
+  let work: string;
+  let argocdTgz: string;
+  let repoServer: Server | undefined;
+  const logLines: string[] = [];
+  const progress: string[] = [];
+  const log = createLogger({
+    level: 'debug',
+    destination: new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        logLines.push(...chunk.toString().split('\n').filter(Boolean));
+        cb();
+      },
+    }),
+  });
+
+  const helmEnv = () => ({ PATH: `${binDir()}:/usr/bin:/bin`, HOME: join(work, 'test-helm-home') });
+  /** helm run by the test itself (not by the code under test). */
+  const helm = (...args: string[]) => execFileSync(binPath('helm'), [...args, '--kubeconfig', cp.kubeconfigPath], { encoding: 'utf8', env: helmEnv() });
+  const history = (name: string, ns: string) =>
+    JSON.parse(helm('history', name, '--namespace', ns, '--output', 'json')) as Array<{ revision: number; status: string; chart: string }>;
+  const deployedValues = (name: string, ns: string) => JSON.parse(helm('get', 'values', name, '--namespace', ns, '--output', 'json')) as unknown;
+  const get = async (path: string) => (await kubeJson<any>(cp.rig, 'GET', path)).json;
+
+  function settings(over: Partial<SettingsInput> = {}): Settings {
+    return parseSettings({
+      domain: 'example.org',
+      kubeconfigFile: cp.kubeconfigPath,
+      network: { lbPool: { start: '192.168.0.240', stop: '192.168.0.250' }, ingressIP: '192.168.0.240' },
+      gitops: { repoURL: 'https://github.com/example/homelab.git' },
+      cilium: { chart: { path: CILIUM_CHART }, waitForReady: false },
+      argocd: { chart: { path: argocdTgz } },
+      ...over,
+    });
+  }
+
+  function context(s: Settings): StepContext {
+    const credentials = new Credentials(s);
+    return {
+      settings: s,
+      log,
+      signal: AbortSignal.timeout(120_000),
+      credentials,
+      adapters: createAdapters(s, credentials, log),
+      upstream: {},
+      progress: (t) => void progress.push(t),
+    };
+  }
+
+  /** One engine pass: plan, then (unless planOnly) change when anything is to be done. */
+  async function run<W, H>(step: Step<W, H>, s: Settings, opts: { planOnly?: boolean } = {}) {
+    const ctx = context(s);
+    const want = step.want(s, {});
+    const have = await step.have(ctx, want);
+    const changes = step.changes(want, have);
+    if (!opts.planOnly && changes.some((c) => c.action !== 'noop')) await step.change(ctx, changes, want, have);
+    return { changes, calls: ctx.adapters.helm.calls };
+  }
+
+  /** Rewrites a stored revision's status, as a helm killed mid-operation leaves it. */
+  async function setRevisionStatus(name: string, ns: string, revision: number, status: string) {
+    const path = `/api/v1/namespaces/${ns}/secrets/sh.helm.release.v1.${name}.v${revision}`;
+    const secret = await get(path);
+    // Helm stores base64(gzip(JSON)) in the Secret's data, which the API base64s once more.
+    const release = JSON.parse(gunzipSync(Buffer.from(Buffer.from(secret.data.release, 'base64').toString(), 'base64')).toString());
+    release.info.status = status;
+    secret.data.release = Buffer.from(gzipSync(JSON.stringify(release)).toString('base64')).toString('base64');
+    secret.metadata.labels.status = status;
+    await kubeJson(cp.rig, 'PUT', path, { body: secret });
+  }
+
+  const writes = (changes: Change[]) => changes.filter((c) => c.action !== 'noop');
+
+  before(async () => {
+    binPath('helm'); // a missing binary fails here with the build command, never a skip
+    cp = await startControlPlane();
+    work = mkdtempSync(join(tmpdir(), 'hb-helm-'));
+    // The daemon finds helm on PATH (tests put .bin/ first) and keeps its files under $STATE_DIRECTORY/helm.
+    process.env.PATH = `${binDir()}:${process.env.PATH ?? ''}`;
+    process.env.STATE_DIRECTORY = join(work, 'state');
+    delete process.env.HELM_BIN;
+    // The argo-cd chart as the Nix package ships charts: a local .tgz.
+    execFileSync(binPath('helm'), ['package', ARGOCD_CHART, '--destination', join(work, 'charts')], { env: helmEnv() });
+    argocdTgz = join(work, 'charts', 'argo-cd-10.1.1.tgz');
+    assert.ok(existsSync(argocdTgz));
+  });
+
+  after(async () => {
+    repoServer?.close();
+    await cp?.stop();
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  it('cold install: both releases from the fixture charts, values reach the apiserver', async () => {
+    const s = settings();
+    const plan = await run(ciliumStep, s, { planOnly: true });
+    assert.deepEqual(plan.changes.map((c) => [c.action, c.target]), [['create', 'HelmRelease kube-system/cilium']]);
+
+    const cilium = await run(ciliumStep, s);
+    assert.deepEqual(cilium.calls, { 'show chart': 1, list: 1, upgrade: 1 }, 'cold install: chart metadata, release lookup, one upgrade --install');
+    const argocd = await run(argocdStep, s);
+    assert.deepEqual(argocd.changes.map((c) => [c.action, c.target]), [['create', 'HelmRelease argocd/argocd']]);
+
+    for (const [name, ns] of [['cilium', 'kube-system'], ['argocd', 'argocd']] as const) {
+      assert.deepEqual(history(name, ns).map((h) => [h.revision, h.status]), [[1, 'deployed']], `${name} history`);
+    }
+    // helm stored exactly the generated values as the user-supplied values.
+    assert.deepEqual(deployedValues('cilium', 'kube-system'), ciliumValues(s));
+    assert.deepEqual(deployedValues('argocd', 'argocd'), argocdValues(s));
+
+    const cm = await get('/api/v1/namespaces/kube-system/configmaps/cilium-config');
+    assert.equal(cm.data['kube-proxy-replacement'], 'true');
+    assert.equal(cm.data['k8s-service-host'], '127.0.0.1');
+    assert.equal(cm.data['k8s-service-port'], '6444');
+    assert.equal(cm.data.ipam, 'kubernetes');
+    assert.equal(cm.data['cni-bin-path'], '/var/lib/rancher/k3s/data/cni');
+    const operator = await get('/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator');
+    assert.equal(operator.spec.replicas, 1);
+    assert.ok(await get('/apis/apps/v1/namespaces/kube-system/daemonsets/cilium'));
+    const ingressSvc = await get('/api/v1/namespaces/kube-system/services/cilium-ingress');
+    assert.equal(ingressSvc.metadata.annotations['lbipam.cilium.io/ips'], '192.168.0.240');
+
+    // The ksops patch as the apiserver holds it.
+    const repo = (await get('/apis/apps/v1/namespaces/argocd/deployments/argocd-repo-server')).spec.template.spec;
+    const init = repo.initContainers.find((c: any) => c.name === 'install-ksops');
+    assert.equal(init.image, 'viaductoss/ksops:v4.5.1');
+    assert.deepEqual(init.command, ['/usr/local/bin/ksops', 'install', '--with-kustomize', '/custom-tools']);
+    assert.ok(repo.volumes.find((v: any) => v.name === 'custom-tools' && v.emptyDir));
+    assert.equal(repo.volumes.find((v: any) => v.name === 'sops-age').secret.secretName, 'sops-age-key');
+    const main = repo.containers[0];
+    assert.ok(main.volumeMounts.find((m: any) => m.mountPath === '/usr/local/bin/kustomize' && m.subPath === 'kustomize'));
+    assert.ok(main.volumeMounts.find((m: any) => m.mountPath === '/usr/local/bin/ksops' && m.subPath === 'ksops'));
+    assert.equal(main.env.find((e: any) => e.name === 'SOPS_AGE_KEY_FILE').value, '/.config/sops/age/keys.txt');
+    assert.equal((await get('/api/v1/namespaces/argocd/configmaps/argocd-cmd-params-cm')).data['server.insecure'], 'true');
+    assert.equal((await get('/api/v1/namespaces/argocd/configmaps/argocd-cm')).data['kustomize.buildOptions'], '--enable-alpha-plugins --enable-exec --enable-helm');
+    const ingress = await get('/apis/networking.k8s.io/v1/namespaces/argocd/ingresses/argocd-server');
+    assert.equal(ingress.spec.ingressClassName, 'cilium');
+    assert.equal(ingress.spec.rules[0].host, 'argocd.example.org');
+
+    // Values went in on stdin: no value shows in helm's argv, and helm lives under $STATE_DIRECTORY.
+    const argvLines = logLines.filter((l) => l.includes('"helm":["upgrade"'));
+    assert.ok(argvLines.length >= 2, 'upgrade argv logged at debug');
+    for (const l of argvLines) {
+      assert.ok(l.includes('"--values","-"'), l);
+      assert.ok(!l.includes('192.168.0.240') && !l.includes('ksops'), `a value in argv: ${l}`);
+    }
+    assert.ok(existsSync(join(work, 'state', 'helm', 'cache')));
+  });
+
+  it('a second apply is a no-op: no new revision, zero writes', async () => {
+    const s = settings();
+    // helm gets a minimal environment: these would make it look elsewhere if they leaked through.
+    const leak = { HELM_DRIVER: 'memory', HELM_NAMESPACE: 'elsewhere', KUBECONFIG: '/nonexistent' };
+    Object.assign(process.env, leak);
+    const mark = await auditMark(cp);
+    let cilium, argocd;
+    try {
+      cilium = await run(ciliumStep, s);
+      argocd = await run(argocdStep, s);
+    } finally {
+      for (const k of Object.keys(leak)) delete process.env[k];
+    }
+    const counts = await countRequests(cp, { since: mark });
+    assert.deepEqual(writes(cilium.changes), []);
+    assert.deepEqual(writes(argocd.changes), []);
+    assert.match(cilium.changes[0]!.detail ?? '', /cilium-1\.18\.4 deployed with the desired values \(revision 1\)/);
+    assert.deepEqual(cilium.calls, { 'show chart': 1, list: 1, 'get values': 1 }, 'no-op: read-only helm calls only');
+    assert.equal(counts.writes, 0, `writes: ${JSON.stringify(counts.byResource)}`);
+    assert.ok(counts.reads > 0, 'the no-op did read the releases');
+    assert.equal(history('cilium', 'kube-system').length, 1);
+    assert.equal(history('argocd', 'argocd').length, 1);
+  });
+
+  it('changing one value: the plan shows that field, apply makes revision 2, then no-op again', async () => {
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } } });
+    const plan = await run(ciliumStep, s, { planOnly: true });
+    assert.equal(plan.changes.length, 1);
+    assert.equal(plan.changes[0]!.action, 'update');
+    assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.values.hubble.relay.enabled', from: true, to: false }]);
+    assert.equal(history('cilium', 'kube-system').length, 1, 'plan writes nothing');
+
+    await run(ciliumStep, s);
+    assert.deepEqual(history('cilium', 'kube-system').map((h) => [h.revision, h.status]), [[1, 'superseded'], [2, 'deployed']]);
+    assert.equal((deployedValues('cilium', 'kube-system') as any).hubble.relay.enabled, false);
+    assert.deepEqual(writes((await run(ciliumStep, s)).changes), []);
+  });
+
+  it('recovers a release stuck in pending-upgrade: roll back, then upgrade', async () => {
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } } });
+    // What a helm killed during the upgrade to revision 2 leaves: 1 still deployed, 2 pending.
+    await setRevisionStatus('cilium', 'kube-system', 1, 'deployed');
+    await setRevisionStatus('cilium', 'kube-system', 2, 'pending-upgrade');
+    const direct = spawnSync(binPath('helm'), ['upgrade', 'cilium', CILIUM_CHART, '--namespace', 'kube-system', '--kubeconfig', cp.kubeconfigPath], { encoding: 'utf8', env: helmEnv() });
+    assert.notEqual(direct.status, 0);
+    assert.match(direct.stderr, /another operation \(install\/upgrade\/rollback\) is in progress/, 'the crafted state is the real failure');
+
+    const plan = await run(ciliumStep, s, { planOnly: true });
+    assert.deepEqual(plan.changes.map((c) => c.action), ['update', 'update']);
+    assert.match(plan.changes[0]!.detail ?? '', /revision 2 is stuck in pending-upgrade.*roll back to revision 1/);
+    // Revision 1 had relay on; the upgrade after the rollback turns it off again.
+    assert.deepEqual(plan.changes[1]!.diff, [{ path: '$.values.hubble.relay.enabled', from: true, to: false }]);
+
+    await run(ciliumStep, s);
+    const h = history('cilium', 'kube-system');
+    // helm leaves the interrupted revision's record as it was; only the latest one gates writes.
+    assert.deepEqual(h.map((x) => [x.revision, x.status]), [[1, 'superseded'], [2, 'pending-upgrade'], [3, 'superseded'], [4, 'deployed']]);
+    assert.equal((h[2] as { description?: string }).description, 'Rollback to 1');
+    assert.equal((deployedValues('cilium', 'kube-system') as any).hubble.relay.enabled, false);
+    assert.deepEqual(writes((await run(ciliumStep, s)).changes), []);
+  });
+
+  it('recovers a first install stuck in pending-install: uninstall, then install', async () => {
+    const s = settings();
+    await setRevisionStatus('argocd', 'argocd', 1, 'pending-install');
+    const plan = await run(argocdStep, s, { planOnly: true });
+    assert.deepEqual(plan.changes.map((c) => [c.action, c.target]), [['delete', 'HelmRelease argocd/argocd'], ['create', 'HelmRelease argocd/argocd']]);
+    assert.match(plan.changes[0]!.detail ?? '', /pending-install and no revision was ever deployed/);
+
+    await run(argocdStep, s);
+    assert.deepEqual(history('argocd', 'argocd').map((x) => [x.revision, x.status]), [[1, 'deployed']]);
+    assert.ok(await get('/apis/apps/v1/namespaces/argocd/deployments/argocd-repo-server'), 'reinstalled objects exist');
+    assert.deepEqual(writes((await run(argocdStep, s)).changes), []);
+  });
+
+  it('readiness wait: not ready ends in a bounded, clear error', async () => {
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values: { hubble: { relay: { enabled: false } } } } });
+    const step = createCiliumStep({ rolloutTimeoutMs: 1500, pollMs: 100 });
+    const ctx = context(s);
+    const want = step.want(s, {});
+    const have = await step.have(ctx, want);
+    const changes = step.changes(want, have);
+    assert.deepEqual(changes.map((c) => [c.action, c.target]), [['wait', 'DaemonSet kube-system/cilium'], ['wait', 'Deployment kube-system/cilium-operator']]);
+    const started = Date.now();
+    await assert.rejects(step.change(ctx, changes, want, have), (err: Error) => {
+      assert.ok(err instanceof RolloutTimeoutError, String(err));
+      assert.match(err.message, /^cilium not ready after 1\.5 s: DaemonSet kube-system\/cilium: controller has not seen generation \d+ yet; Deployment kube-system\/cilium-operator: controller has not seen generation \d+ yet$/);
+      return true;
+    });
+    assert.ok(Date.now() - started < 5000, 'bounded');
+    assert.ok(isTransient(new RolloutTimeoutError('x')), 'the engine may retry it: image pulls clear by themselves');
+    assert.ok(progress.some((p) => p.startsWith('waiting for cilium')), 'progress reported');
+  });
+
+  it('readiness wait: the step finishes once the DaemonSet and Deployment report ready', async () => {
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values: { hubble: { relay: { enabled: false } } } } });
+    const step = createCiliumStep({ rolloutTimeoutMs: 20_000, pollMs: 100 });
+    const ctx = context(s);
+    const want = step.want(s, {});
+    const have = await step.have(ctx, want);
+    const changes = step.changes(want, have);
+    const done = step.change(ctx, changes, want, have);
+    const before = logLines.length;
+    await new Promise((r) => setTimeout(r, 500));
+
+    // Play the DaemonSet and Deployment controllers: no controller-manager runs in the rig.
+    const ds = await get('/apis/apps/v1/namespaces/kube-system/daemonsets/cilium');
+    await kubeJson(cp.rig, 'PATCH', '/apis/apps/v1/namespaces/kube-system/daemonsets/cilium/status', {
+      contentType: 'application/merge-patch+json',
+      body: { status: { observedGeneration: ds.metadata.generation, currentNumberScheduled: 1, desiredNumberScheduled: 1, numberMisscheduled: 0, numberReady: 1, updatedNumberScheduled: 1, numberAvailable: 1 } },
+    });
+    const dep = await get('/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator');
+    await kubeJson(cp.rig, 'PATCH', '/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator/status', {
+      contentType: 'application/merge-patch+json',
+      body: { status: { observedGeneration: dep.metadata.generation, replicas: 1, updatedReplicas: 1, readyReplicas: 1, availableReplicas: 1 } },
+    });
+    await done;
+    assert.ok(logLines.slice(before).some((l) => l.includes('cilium is ready')), 'the finish is logged');
+
+    // Ready and unchanged: nothing left to do, not even a wait.
+    assert.deepEqual(writes((await run(step, s)).changes), []);
+  });
+
+  it('adapter: the given values replace the stored ones, even an empty set (--reset-values)', async () => {
+    const s = settings();
+    const h = context(s).adapters.helm;
+    const spec = { name: 'probe', namespace: 'hb-probe', chart: { path: CILIUM_CHART }, values: { operator: { replicas: 3 } } as Record<string, unknown> };
+    await h.upgradeInstall(spec, { timeoutMs: 60_000 });
+    assert.deepEqual(await h.values('probe', 'hb-probe'), { operator: { replicas: 3 } });
+    await h.upgradeInstall({ ...spec, values: {} }, { timeoutMs: 60_000 });
+    assert.deepEqual(await h.values('probe', 'hb-probe'), {}, 'helm would reuse the old values without --reset-values');
+    assert.equal((await h.get('probe', 'hb-probe'))?.revision, 2);
+    await h.uninstall('probe', 'hb-probe', { timeoutMs: 60_000 });
+    assert.equal(await h.get('probe', 'hb-probe'), undefined);
+  });
+
+  it('a chart from a Helm repository (--repo, pinned version) upgrades when the version changes', async () => {
+    // A local chart repository: the fixture packaged as 1.18.5 plus its index.
+    const repoDir = join(work, 'repo');
+    execFileSync(binPath('helm'), ['package', CILIUM_CHART, '--version', '1.18.5', '--destination', repoDir], { env: helmEnv() });
+    repoServer = createServer((req, res) => {
+      const file = join(repoDir, (req.url ?? '/').split('?')[0]!.replace(/^\/+/, ''));
+      if (!file.startsWith(repoDir) || !existsSync(file)) return void res.writeHead(404).end();
+      res.writeHead(200).end(readFileSync(file));
+    });
+    await new Promise<void>((r) => repoServer!.listen(0, '127.0.0.1', r));
+    const addr = repoServer.address();
+    assert.ok(addr && typeof addr === 'object');
+    const url = `http://127.0.0.1:${addr.port}`;
+    execFileSync(binPath('helm'), ['repo', 'index', repoDir, '--url', url], { env: helmEnv() });
+
+    const s = settings({
+      cilium: { chart: { repo: url, chart: 'cilium', version: '1.18.5' }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } },
+    });
+    const plan = await run(ciliumStep, s, { planOnly: true });
+    assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.chart', from: 'cilium-1.18.4', to: 'cilium-1.18.5' }]);
+    assert.deepEqual(plan.calls, { list: 1, 'get values': 1 }, 'a repository chart needs no `helm show chart`');
+    await run(ciliumStep, s);
+    assert.equal(history('cilium', 'kube-system').at(-1)!.chart, 'cilium-1.18.5');
+    assert.deepEqual(writes((await run(ciliumStep, s)).changes), []);
+  });
+});

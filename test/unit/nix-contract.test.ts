@@ -1,0 +1,398 @@
+// The NixOS module documents exactly the settings the daemon accepts.
+//
+// nix/settings-options.nix builds the module's typed `settings` options from
+// nix/settings-schema.json, a generated copy of the daemon's schema. These tests check that
+// the copy is fresh, then evaluate the real Nix code (nix-instantiate, Debian's nix-bin) and
+// compare every option it declares with the daemon's schema and with the daemon's parser:
+// a field the module would not document, a field it documents that the daemon rejects, a
+// required field shown as optional, all fail here. The names both sides share
+// (credentials, steps, the lock's exit status) are compared too.
+//
+// nix-instantiate is required (bash scripts/check-nix.sh installs it); a missing tool fails
+// the suite rather than skipping it. The evaluation of the whole module with nixpkgs' module
+// system needs nixpkgs' `lib`: set NIXPKGS_LIB to a nixpkgs `lib` directory (the flake's
+// devShell does); without it that part is skipped, with the reason.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+import { renderNixSchema, nixSchemaPath, repoRoot } from '../../scripts/gen-nix-schema.ts';
+import { settingsJsonSchema } from '../../src/settings/schema.ts';
+import { parseSettings, SettingsError } from '../../src/settings/load.ts';
+import { CREDENTIAL_NAMES, Credentials } from '../../src/credentials.ts';
+import { STEP_NAMES } from '../../src/steps/types.ts';
+import { EXIT } from '../../src/cli.ts';
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+type Schema = { [k: string]: any };
+
+const path = (...p: string[]) => join(repoRoot, ...p);
+const example = JSON.parse(readFileSync(path('examples', 'homelab.json'), 'utf8')) as Record<string, Json>;
+
+function nixInstantiate(args: string[]): string {
+  try {
+    return execFileSync('nix-instantiate', args, { cwd: repoRoot, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & { stderr?: string };
+    if (err.code === 'ENOENT') {
+      throw new Error('nix-instantiate is not installed; run `bash scripts/check-nix.sh` (installs Debian nix-bin) or use `nix develop`');
+    }
+    throw new Error(`nix-instantiate ${args.join(' ')} failed:\n${err.stderr ?? err.message}`);
+  }
+}
+
+const evalJson = <T>(file: string, ...extra: string[]): T => JSON.parse(nixInstantiate(['--eval', '--strict', '--json', file, ...extra])) as T;
+
+// ---- what the schema says the module must document ----------------------------------------
+
+type Kind = 'str' | 'int' | 'bool' | 'enum' | 'list' | 'object' | 'json';
+
+interface Expected {
+  path: string;
+  required: boolean;
+  kind: Kind;
+  item?: Kind;
+  values?: Json[];
+  min?: number;
+  max?: number;
+  description?: string;
+  default?: Json;
+}
+
+function kindOf(s: Schema): Kind {
+  if (s.anyOf || s.oneOf) return 'json';
+  if (s.enum) return 'enum';
+  if (s.type === 'object') return s.properties ? 'object' : 'json';
+  if (s.type === 'array') return 'list';
+  if (s.type === 'string') return 'str';
+  if (s.type === 'integer') return 'int';
+  if (s.type === 'boolean') return 'bool';
+  return 'json';
+}
+
+/** Every field the daemon accepts, as the module must offer it (list items as `*`). */
+export function expectedOptions(schema: Schema, prefix: string[] = []): Expected[] {
+  const out: Expected[] = [];
+  for (const [name, prop] of Object.entries<Schema>(schema.properties ?? {})) {
+    const p = [...prefix, name];
+    const kind = kindOf(prop);
+    const e: Expected = { path: p.join('.'), required: (schema.required ?? []).includes(name) && !('default' in prop), kind };
+    if (kind === 'list') e.item = kindOf(prop.items ?? {});
+    if (kind === 'enum') e.values = prop.enum;
+    if (kind === 'int' && prop.minimum !== undefined && prop.maximum !== undefined) Object.assign(e, { min: prop.minimum, max: prop.maximum });
+    if (prop.description) e.description = prop.description;
+    if ('default' in prop) e.default = prop.default;
+    out.push(e);
+    if (kind === 'object') out.push(...expectedOptions(prop, p));
+    if (kind === 'list' && e.item === 'object') out.push(...expectedOptions(prop.items, [...p, '*']));
+  }
+  return out;
+}
+
+// ---- what the Nix code declares ------------------------------------------------------------
+
+interface NixType {
+  name: string;
+  nullable: boolean;
+  item?: NixType;
+  values?: Json[];
+  min?: number;
+  max?: number;
+  freeform?: boolean;
+}
+interface NixOption {
+  path: string[];
+  type: NixType;
+  hasDefault: boolean;
+  default: Json;
+  defaultText: string | null;
+  description: string;
+}
+interface Dump {
+  options: NixOption[];
+  contract: {
+    credentials: { name: string; setting: string[] }[];
+    steps: string[];
+    reconcileSteps: string[];
+    lockedExitStatus: number;
+    stateDirectory: string;
+  };
+  cleaned: Record<string, Json>;
+}
+
+/** Differences between what the schema requires and what the options declare; [] = in contract. */
+export function compareOptions(expected: Expected[], options: NixOption[]): string[] {
+  const problems: string[] = [];
+  const byPath = new Map(options.map((o) => [o.path.join('.'), o]));
+  const wanted = new Set(expected.map((e) => e.path));
+  for (const e of expected) {
+    const o = byPath.get(e.path);
+    if (!o) {
+      problems.push(`${e.path}: accepted by the daemon, not declared by the module`);
+      continue;
+    }
+    const at = `settings.${e.path}`;
+    if (o.type.name !== e.kind) problems.push(`${at}: module type ${o.type.name}, daemon type ${e.kind}`);
+    if (e.required && (o.hasDefault || o.type.nullable)) problems.push(`${at}: required by the daemon, optional in the module`);
+    if (!e.required && !(o.hasDefault && o.default === null && o.type.nullable)) {
+      problems.push(`${at}: optional in the daemon, so the module must default it to null (the daemon's default applies)`);
+    }
+    if (e.item && o.type.item?.name !== e.item) problems.push(`${at}: list of ${o.type.item?.name}, daemon expects a list of ${e.item}`);
+    if (e.values && JSON.stringify(o.type.values) !== JSON.stringify(e.values)) {
+      problems.push(`${at}: enum ${JSON.stringify(o.type.values)}, daemon ${JSON.stringify(e.values)}`);
+    }
+    if (e.min !== undefined && (o.type.min !== e.min || o.type.max !== e.max)) problems.push(`${at}: range ${o.type.min}-${o.type.max}, daemon ${e.min}-${e.max}`);
+    if (e.description && !o.description.includes(e.description)) problems.push(`${at}: description does not carry the daemon's "${e.description}"`);
+    if ('default' in e) {
+      // defaultText ends with the default as JSON in backticks (Nix sorts the keys).
+      const shown = /`([^`]*)`$/.exec(o.defaultText ?? '')?.[1];
+      let same = false;
+      try {
+        same = shown !== undefined && isDeepStrictEqual(JSON.parse(shown), e.default);
+      } catch {
+        // Not JSON: not the default.
+      }
+      if (!same) problems.push(`${at}: docs do not show the daemon's default ${JSON.stringify(e.default)} (shown: ${o.defaultText})`);
+    }
+    if (o.type.name === 'object' && !o.type.freeform) problems.push(`${at}: submodule without freeformType`);
+  }
+  for (const p of byPath.keys()) if (!wanted.has(p)) problems.push(`settings.${p}: declared by the module, unknown to the daemon`);
+  return problems;
+}
+
+let dumpCache: Dump | undefined;
+const dump = (): Dump => (dumpCache ??= evalJson<Dump>('nix/tests/settings-dump.nix'));
+
+// ---- tests -----------------------------------------------------------------------------------
+
+test('nix/settings-schema.json is the daemon schema, freshly generated', () => {
+  const committed = existsSync(nixSchemaPath) ? readFileSync(nixSchemaPath, 'utf8') : '';
+  assert.equal(committed, renderNixSchema(), 'nix/settings-schema.json is stale: run `node scripts/gen-nix-schema.ts` and commit it');
+});
+
+test('every settings option the module declares is a field the daemon accepts, and vice versa', () => {
+  const problems = compareOptions(expectedOptions(settingsJsonSchema()), dump().options);
+  assert.deepEqual(problems, []);
+});
+
+test('the comparison catches drift (it can fail)', () => {
+  const options = dump().options;
+  const schema = structuredClone(settingsJsonSchema()) as Schema;
+  // A field the daemon gained, one it lost, a field that became required, a changed enum.
+  schema.properties.newField = { type: 'string' };
+  delete schema.properties.kubeconfigFile;
+  schema.properties.network.properties.interfaces = { ...schema.properties.network.properties.interfaces };
+  delete schema.properties.network.properties.interfaces.default;
+  schema.properties.network.required.push('interfaces');
+  schema.properties.hosts.items.properties.access.enum = ['external', 'local', 'tailnet'];
+  const problems = compareOptions(expectedOptions(schema), options);
+  for (const frag of ['newField: accepted by the daemon', 'settings.kubeconfigFile: declared by the module, unknown', 'network.interfaces: required by the daemon', 'hosts.*.access: enum']) {
+    assert.ok(problems.some((p) => p.includes(frag)), `no problem mentions "${frag}" in:\n${problems.join('\n')}`);
+  }
+});
+
+test("the module's required/optional split matches the daemon's parser", () => {
+  // Independent of the JSON Schema: remove each documented field from the valid example
+  // and ask the daemon's own parser.
+  const present = (obj: unknown, p: string[]): boolean => {
+    let cur: any = obj;
+    for (const k of p) {
+      if (k === '*') cur = Array.isArray(cur) ? cur[0] : undefined;
+      else cur = cur && typeof cur === 'object' ? cur[k] : undefined;
+      if (cur === undefined) return false;
+    }
+    return true;
+  };
+  let checked = 0;
+  for (const o of dump().options) {
+    if (!present(example, o.path)) continue;
+    const copy = structuredClone(example) as any;
+    let parent: any = copy;
+    for (const k of o.path.slice(0, -1)) parent = k === '*' ? parent[0] : parent[k];
+    delete parent[o.path.at(-1)!];
+    let accepted = true;
+    try {
+      parseSettings(copy);
+    } catch (e) {
+      if (!(e instanceof SettingsError)) throw e;
+      accepted = false;
+    }
+    const optionalInModule = o.hasDefault;
+    assert.equal(accepted, optionalInModule, `settings.${o.path.join('.')}: the module says ${optionalInModule ? 'optional' : 'required'}, the daemon ${accepted ? 'accepts' : 'rejects'} settings without it`);
+    checked++;
+  }
+  assert.ok(checked >= 15, `only ${checked} fields of examples/homelab.json were checked`);
+});
+
+test('clean drops unset options and module internals, keeps freeform values verbatim', () => {
+  assert.deepEqual(dump().cleaned, {
+    domain: 'example.org',
+    kubeconfigFile: '/etc/rancher/k3s/k3s.yaml',
+    cilium: { chart: { path: '/nix/store/x-cilium.tgz' }, values: { hubble: { enabled: null } } },
+    hosts: [{ name: 'sonarr', access: 'local' }],
+    futureField: { keep: null },
+  });
+});
+
+test('credentials, steps and exit status are the names the daemon uses', () => {
+  const { contract } = dump();
+  assert.deepEqual(contract.credentials.map((c) => c.name).sort(), [...CREDENTIAL_NAMES].sort(), 'LoadCredential names');
+  const creds = new Credentials(parseSettings(example), undefined);
+  for (const c of contract.credentials) {
+    assert.equal(`$.${c.setting.join('.')}`, creds.field(c.name as (typeof CREDENTIAL_NAMES)[number]), `settings field of credential ${c.name}`);
+    const opt = dump().options.find((o) => o.path.join('.') === c.setting.join('.'));
+    assert.ok(opt, `settings.${c.setting.join('.')} is not a module option`);
+  }
+  assert.deepEqual(contract.steps, [...STEP_NAMES], 'step names');
+  for (const s of contract.reconcileSteps) assert.ok((STEP_NAMES as readonly string[]).includes(s), `reconcile step ${s} is not a daemon step`);
+  assert.equal(contract.lockedExitStatus, EXIT.locked, 'exit status of a run that finds the lock held');
+});
+
+const nixBlocks = (): string[] => [...readFileSync(path('docs', 'nixos.md'), 'utf8').matchAll(/```nix\n([\s\S]*?)```/g)].map((m) => m[1]!);
+/** The configuration.nix of the quick start. */
+const quickStart = (): string => {
+  const config = nixBlocks().find((b) => b.includes('services.homelab-bootstrap = {') && b.includes('hosts = ['));
+  assert.ok(config, 'docs/nixos.md has no ```nix block configuring services.homelab-bootstrap');
+  return config;
+};
+
+function nixpkgsLib(): string | undefined {
+  const candidates = [process.env.NIXPKGS_LIB];
+  try {
+    candidates.push(join(execFileSync('nix-instantiate', ['--find-file', 'nixpkgs'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim(), 'lib'));
+  } catch {
+    // No <nixpkgs> on NIX_PATH.
+  }
+  return candidates.find((c): c is string => !!c && existsSync(join(c, 'default.nix')));
+}
+
+interface ModuleReport {
+  homelab: {
+    failed: string[];
+    warnings: string[];
+    settingsJSON: string;
+    unit: Record<string, Json> & { LoadCredential: string[]; after: string[]; wants: string[] };
+    reconcile: { Type: string; ExecStart: string; SuccessExitStatus: number[]; restartIfChanged: boolean; timer: Record<string, string> };
+    k3s: { enable: boolean; role: string; extraFlags: string[]; disable: string[] };
+    firewall: { enable: boolean; checkReversePath: Json; allowedTCPPorts: number[]; allowedUDPPorts: number[] };
+  };
+  sops: { ageKeyFile: string; after: string[]; LoadCredential: string[] };
+  docs: { failed: string[]; warnings: string[]; settingsJSON: string; LoadCredential: string[] } | null;
+  scenarios: Record<string, { evaluates: boolean; failed: string[]; warnings: string[] }>;
+}
+
+const libDir = nixpkgsLib();
+
+test(
+  'the module evaluates with nixpkgs’ module system: units, k3s flags, assertions',
+  { skip: libDir ? false : 'set NIXPKGS_LIB to a nixpkgs lib directory (nix develop does) to evaluate the module' },
+  () => {
+    // The quick start of docs/nixos.md is evaluated too, not only parsed.
+    const dir = mkdtempSync(join(tmpdir(), 'hb-docs-'));
+    const docsConfig = join(dir, 'configuration.nix');
+    writeFileSync(docsConfig, quickStart());
+    let r: ModuleReport;
+    try {
+      r = evalJson<ModuleReport>('nix/tests/module-eval.nix', '--arg', 'lib', `import ${libDir}`, '--arg', 'docsConfig', docsConfig);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const h = r.homelab;
+    assert.deepEqual(h.failed, []);
+    assert.deepEqual(h.warnings, []);
+
+    // SPEC.md's homelab written in Nix is examples/homelab.json to the daemon.
+    assert.deepEqual(parseSettings(JSON.parse(h.settingsJSON)), parseSettings(example));
+
+    assert.equal(h.unit.Type, 'exec');
+    assert.equal(h.unit.RemainAfterExit, true);
+    assert.equal(h.unit.Restart, 'on-failure');
+    assert.equal(h.unit.restartIfChanged, true);
+    assert.equal(h.unit.DynamicUser, true);
+    assert.deepEqual(h.unit.LoadCredential.map((c) => c.split(':')[0]).sort(), [...CREDENTIAL_NAMES].sort());
+    assert.ok(h.unit.LoadCredential.includes('kubeconfig:/etc/rancher/k3s/k3s.yaml'));
+    assert.ok(h.unit.after.includes('k3s.service') && h.unit.wants.includes('k3s.service'));
+    assert.match(String(h.unit.ExecStart), / apply --config \S+$/);
+
+    assert.equal(h.reconcile.Type, 'oneshot');
+    assert.equal(h.reconcile.restartIfChanged, false);
+    assert.match(h.reconcile.ExecStart, / --only tunnel --only dns$/);
+    assert.deepEqual(h.reconcile.SuccessExitStatus, [EXIT.locked]);
+    assert.equal(h.reconcile.timer.OnUnitInactiveSec, '15min');
+
+    for (const f of ['--flannel-backend=none', '--disable-network-policy', '--disable-kube-proxy']) assert.ok(h.k3s.extraFlags.includes(f), f);
+    assert.ok(h.k3s.disable.includes('servicelb') && h.k3s.disable.includes('traefik'));
+    assert.ok(!h.k3s.extraFlags.some((f) => f.includes('write-kubeconfig-mode')));
+    assert.equal(h.firewall.enable, true);
+    assert.equal(h.firewall.checkReversePath, 'loose');
+    assert.ok(h.firewall.allowedTCPPorts.includes(6443));
+
+    // docs/nixos.md's configuration.nix evaluates to SPEC.md's homelab as well.
+    assert.ok(r.docs, 'no docs report');
+    assert.deepEqual(r.docs.failed, []);
+    assert.deepEqual(r.docs.warnings, []);
+    assert.deepEqual(parseSettings(JSON.parse(r.docs.settingsJSON)), parseSettings(example));
+    assert.ok(r.docs.LoadCredential.includes('age-key:/var/lib/sops-nix/keys.txt'));
+
+    // With sops-nix imported, its key and its unit are used.
+    assert.equal(r.sops.ageKeyFile, '/var/lib/sops-nix/key.txt');
+    assert.ok(r.sops.after.includes('sops-install-secrets.service'));
+    assert.ok(r.sops.LoadCredential.includes('age-key:/var/lib/sops-nix/key.txt'));
+
+    // Each contradiction stops evaluation; each control passes.
+    const expected: Record<string, RegExp | 'eval-error' | 'ok' | 'warning'> = {
+      flannelReEnabled: /--flannel-backend=vxlan/,
+      flannelAsTwoWords: /--flannel-backend=host-gw/,
+      kubeProxyReEnabled: /re-enables kube-proxy/,
+      kubeProxyConfigured: /kube-proxy is disabled/,
+      networkPolicyReEnabled: /network policy/,
+      worldReadableKubeconfig: /--write-kubeconfig-mode=644.*root-only/,
+      strictReversePath: /checkReversePath is strict/,
+      agentRole: /k3s server/,
+      chartTwice: /either charts\.cilium or settings\.cilium\.chart/,
+      cloudflareWithoutToken: /cloudflare\.apiTokenFile/,
+      keyInStore: 'eval-error',
+      keyAsPathLiteral: 'eval-error',
+      conflictingCredentialPath: 'eval-error',
+      missingDomain: 'eval-error',
+      firewallOff: 'warning',
+      harmlessExtraFlags: 'ok',
+      chartFromNix: 'ok',
+      k3sManagedElsewhere: 'ok',
+    };
+    assert.deepEqual(Object.keys(r.scenarios).sort(), Object.keys(expected).sort(), 'every scenario has an expectation');
+    for (const [name, want] of Object.entries(expected)) {
+      const got = r.scenarios[name]!;
+      const shown = `${name}: ${JSON.stringify(got)}`;
+      if (want === 'eval-error') assert.equal(got.evaluates, false, shown);
+      else if (want === 'ok') assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.length === 0, shown);
+      else if (want === 'warning') assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.some((w) => w.includes('firewall')), shown);
+      else assert.ok(got.evaluates && got.failed.length === 1 && want.test(got.failed[0]!), shown);
+    }
+  },
+);
+
+test('docs/nixos.md: the configuration.nix quick start parses and is SPEC.md’s homelab', () => {
+  const doc = readFileSync(path('docs', 'nixos.md'), 'utf8');
+  const blocks = nixBlocks();
+  assert.ok(blocks.some((b) => b.includes('homelab-bootstrap.nixosModules.default')), 'no ```nix block imports the module');
+  const config = quickStart();
+  const dir = mkdtempSync(join(tmpdir(), 'hb-docs-'));
+  try {
+    blocks.forEach((b, i) => {
+      const f = join(dir, `block-${i}.nix`);
+      writeFileSync(f, b);
+      nixInstantiate(['--parse', f]);
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const hosts = (example.hosts as { name: string; ip?: string }[]) ?? [];
+  for (const h of hosts) assert.ok(config.includes(`"${h.name}"`), `the quick start lacks host ${h.name}`);
+  for (const v of ['192.168.0.240', '192.168.0.250', '192.168.0.241', 'peterstorm.io', 'flannel', 'sops.age.keyFile', 'cloudflare.apiTokenFile']) {
+    assert.ok(doc.includes(v), `docs/nixos.md does not mention ${v}`);
+  }
+});
