@@ -1,15 +1,469 @@
-// Thin adapter over the official `cloudflare` SDK. (Stub: the Cloudflare-steps work fills it in.)
+// Thin adapter over the official `cloudflare` SDK (v7): the only code that talks to the
+// Cloudflare API. It turns SDK errors into what the engine understands (TransientError for
+// what may clear by itself, a sentence naming the missing token permission for 403) and makes
+// creates safe to repeat: a create whose answer was lost may still have happened, so it is
+// followed by a re-list instead of a blind second POST.
+// The SDK is loaded on first use: importing it takes over a second, and `render` or
+// `validate-config` never call Cloudflare.
+import type { Cloudflare, APIError } from 'cloudflare';
 import type { Logger } from 'pino';
 import type { Settings } from '../settings/schema.ts';
 import type { Credentials } from '../credentials.ts';
+import type { DnsRecordSpec, TunnelIngressRule } from '../steps/types.ts';
+import { TransientError } from '../engine/errors.ts';
+import { Secret } from '../secret.ts';
+
+/** The token permissions, as the Cloudflare dashboard names them. */
+export const PERMISSIONS = {
+  tunnel: 'Account › Cloudflare Tunnel › Edit',
+  dns: 'Zone › DNS › Edit',
+  zone: 'Zone › Zone › Read',
+} as const;
+export type PermissionKey = keyof typeof PERMISSIONS;
+
+/** "Already exists" answers to a DNS create: A/AAAA/CNAME on the name, record exists, identical record. */
+export const ALREADY_EXISTS_CODES: ReadonlySet<number> = new Set([81053, 81057, 81058]);
+const RECORD_NOT_FOUND = 81044;
+const TUNNEL_NAME_TAKEN = 1013;
+// What Cloudflare answers for a token it does not accept at all (as opposed to one that lacks a permission).
+const INVALID_TOKEN_CODES = new Set([1000, 6003, 6111, 9106, 9109]);
+
+const DNS_PAGE = 5000; // the API allows up to 5,000,000; a homelab zone fits in one page
+const TUNNEL_PAGE = 100;
+
+export interface DnsRecord {
+  id: string;
+  type: string;
+  name: string; // lowercase FQDN
+  content: string;
+  proxied: boolean;
+  ttl: number;
+  comment: string | null;
+}
+
+export interface Tunnel {
+  id: string;
+  name: string;
+  createdAt: string;
+  configSrc: 'local' | 'cloudflare';
+}
+
+/** An ingress rule as the API returns it (it adds `originRequest: {}` to every rule). */
+export interface ApiIngressRule {
+  hostname?: string;
+  path?: string;
+  service: string;
+  originRequest?: Record<string, unknown>;
+}
+
+export interface CloudflareClientOptions {
+  /** Per-request bound; the SDK's default is a minute. */
+  timeoutMs?: number;
+  /** SDK retries of idempotent requests (GET/PUT/DELETE) on 5xx and connection errors. Creates never retry blindly. */
+  maxRetries?: number;
+  /** A 429 asking to wait at most this long is waited out inside the call; longer waits go to the engine. */
+  maxInlineRetryAfterMs?: number;
+  /** Test seam. */
+  fetch?: typeof fetch;
+}
+
+/** A permanent Cloudflare answer (4xx other than 429): retrying the same request cannot help. */
+export class CloudflareApiError extends Error {
+  override name = 'CloudflareApiError';
+  // Not `status`: the engine's isTransient() reads `status`, and e.g. a 409 here is final.
+  readonly httpStatus: number | undefined;
+  readonly codes: readonly number[];
+  constructor(message: string, httpStatus: number | undefined, codes: readonly number[], cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.httpStatus = httpStatus;
+    this.codes = codes;
+  }
+}
+
+/** 429: nothing was carried out, so a create needs no re-list before it is tried again. */
+export class RateLimitedError extends TransientError {
+  override name = 'RateLimitedError';
+}
+
+/** The token is invalid or lacks a permission (403). */
+export class CloudflarePermissionError extends CloudflareApiError {
+  override name = 'CloudflarePermissionError';
+}
+
+interface RawRecord {
+  id?: string;
+  type?: string;
+  name?: string;
+  content?: string;
+  proxied?: boolean;
+  ttl?: number;
+  comment?: string | null;
+}
+
+interface RawTunnel {
+  id?: string;
+  name?: string;
+  created_at?: string;
+  deleted_at?: string | null;
+  config_src?: 'local' | 'cloudflare';
+  remote_config?: boolean;
+}
+
+interface ListPage<T> {
+  result: T[];
+  result_info?: { page?: number; per_page?: number; total_pages?: number; total_count?: number };
+}
+
+export function parseRetryAfter(value: string | null | undefined, nowMs = Date.now()): number | undefined {
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - nowMs);
+}
+
+const normContent = (type: string, content: string): string => (type === 'CNAME' ? content.toLowerCase().replace(/\.$/, '') : content);
+
+function toRecord(r: RawRecord): DnsRecord {
+  const type = r.type ?? '';
+  return {
+    id: r.id ?? '',
+    type,
+    name: (r.name ?? '').toLowerCase().replace(/\.$/, ''),
+    content: normContent(type, r.content ?? ''),
+    proxied: r.proxied === true,
+    ttl: r.ttl ?? 1,
+    comment: r.comment ?? null,
+  };
+}
+
+function toTunnel(t: RawTunnel): Tunnel {
+  return {
+    id: t.id ?? '',
+    name: t.name ?? '',
+    createdAt: t.created_at ?? '',
+    configSrc: t.config_src ?? (t.remote_config ? 'cloudflare' : 'local'),
+  };
+}
+
+/** The oldest tunnel of a name: the one every run settles on when duplicates exist. */
+export function oldestTunnel(tunnels: readonly Tunnel[]): Tunnel | undefined {
+  return [...tunnels].sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id))[0];
+}
+
+function errorCodes(err: APIError): number[] {
+  return (err.errors ?? []).map((e) => e.code).filter((c): c is number => typeof c === 'number');
+}
+
+function errorText(err: APIError): string {
+  const parts = (err.errors ?? []).map((e) => `${e.code} ${e.message}`);
+  return parts.length > 0 ? parts.join('; ') : `HTTP ${err.status}`;
+}
+
+type SdkModule = typeof import('cloudflare');
+let sdkModule: Promise<SdkModule> | undefined;
+const loadSdk = (): Promise<SdkModule> => (sdkModule ??= import('cloudflare'));
 
 export class CloudflareClient {
   readonly settings: Settings;
   readonly credentials: Credentials;
   readonly log: Logger;
-  constructor(settings: Settings, credentials: Credentials, log: Logger) {
+  readonly #opts: Required<Omit<CloudflareClientOptions, 'fetch'>> & { fetch: typeof fetch };
+  #sdk: Promise<Cloudflare> | undefined;
+  #mod: SdkModule | undefined;
+
+  constructor(settings: Settings, credentials: Credentials, log: Logger, opts: CloudflareClientOptions = {}) {
     this.settings = settings;
     this.credentials = credentials;
-    this.log = log;
+    this.log = log.child({ component: 'cloudflare' });
+    this.#opts = {
+      timeoutMs: opts.timeoutMs ?? 30_000,
+      maxRetries: opts.maxRetries ?? 2,
+      maxInlineRetryAfterMs: opts.maxInlineRetryAfterMs ?? 10_000,
+      fetch: opts.fetch ?? globalThis.fetch,
+    };
+  }
+
+  get #cf(): NonNullable<Settings['cloudflare']> {
+    const cf = this.settings.cloudflare;
+    if (!cf) throw new Error('settings have no cloudflare section');
+    return cf;
+  }
+
+  get zoneName(): string {
+    return (this.#cf.zone ?? this.settings.domain).toLowerCase().replace(/\.$/, '');
+  }
+
+  /** The SDK, built on first use: reading the token is the first thing that can fail. */
+  #client(): Promise<Cloudflare> {
+    this.#sdk ??= (async () => {
+      const token = await this.credentials.read('cloudflare-api-token');
+      const mod = (this.#mod = await loadSdk());
+      const inner = this.#opts.fetch;
+      const cap = this.#opts.maxInlineRetryAfterMs;
+      // The SDK sleeps whatever retry-after says before retrying a 429, with no upper bound and
+      // deaf to our abort signal. Long waits belong to the engine, which backs off abortably.
+      const capped = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+        const res = await inner(input, init);
+        if (res.status !== 429) return res;
+        const wait = parseRetryAfter(res.headers.get('retry-after'));
+        if (wait !== undefined && wait <= cap) return res;
+        const headers = new Headers(res.headers);
+        headers.set('x-should-retry', 'false');
+        return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
+      };
+      const sdkLog = this.log.child({ component: 'cloudflare-sdk' });
+      return new mod.Cloudflare({
+        apiToken: token.reveal().trim(),
+        // Explicit nulls: the SDK would otherwise pick up CLOUDFLARE_API_KEY & co. from the environment.
+        apiKey: null,
+        apiEmail: null,
+        userServiceKey: null,
+        baseURL: this.#cf.apiBaseUrl,
+        maxRetries: this.#opts.maxRetries,
+        timeout: this.#opts.timeoutMs,
+        fetch: capped,
+        logLevel: 'warn',
+        logger: {
+          error: (msg: string) => sdkLog.error(msg),
+          warn: (msg: string) => sdkLog.warn(msg),
+          info: (msg: string) => sdkLog.info(msg),
+          debug: (msg: string) => sdkLog.debug(msg),
+        },
+      });
+    })();
+    this.#sdk.catch(() => (this.#sdk = undefined)); // a fixed token file is picked up on the next call
+    return this.#sdk;
+  }
+
+  async #call<T>(what: string, perm: PermissionKey, fn: (c: Cloudflare) => Promise<T>): Promise<T> {
+    const c = await this.#client();
+    try {
+      return await fn(c);
+    } catch (err) {
+      throw this.#mapError(err, what, perm);
+    }
+  }
+
+  #mapError(err: unknown, what: string, perm: PermissionKey): unknown {
+    const { APIConnectionError, APIError, APIUserAbortError } = this.#mod!;
+    if (err instanceof APIUserAbortError) return err;
+    if (err instanceof APIConnectionError) {
+      const why = /timed? ?out/i.test(`${err.message} ${String(err.cause ?? '')}`) ? 'timed out' : `connection failed (${(err.cause as Error | undefined)?.message ?? err.message})`;
+      return new TransientError(`Cloudflare API ${this.#cf.apiBaseUrl}: ${what} ${why}`, { cause: err });
+    }
+    if (!(err instanceof APIError)) return err;
+    const status = err.status;
+    const codes = errorCodes(err);
+    if (status === 429) {
+      return new RateLimitedError(`Cloudflare rate limit (HTTP 429) while ${what}`, {
+        cause: err,
+        retryAfterMs: parseRetryAfter(err.headers?.get('retry-after')) ?? 60_000,
+      });
+    }
+    if (status === undefined || status >= 500 || status === 408 || (status === 409 && !codes.includes(TUNNEL_NAME_TAKEN))) {
+      return new TransientError(`Cloudflare API error while ${what} (HTTP ${status ?? '?'}: ${errorText(err)})`, { cause: err });
+    }
+    if (status === 401 || status === 403) {
+      const source = `${this.credentials.path('cloudflare-api-token')} (${this.credentials.field('cloudflare-api-token')})`;
+      const all = `${PERMISSIONS.tunnel}, ${PERMISSIONS.dns}, ${PERMISSIONS.zone}`;
+      if (codes.some((c) => INVALID_TOKEN_CODES.has(c))) {
+        return new CloudflarePermissionError(
+          `Cloudflare rejected the API token from ${source} while ${what} (HTTP ${status}: ${errorText(err)}): the token is invalid, expired or revoked; create one with ${all}`,
+          status,
+          codes,
+        );
+      }
+      const scope = perm === 'tunnel' ? `account ${this.#cf.accountId} ($.cloudflare.accountId)` : `zone ${this.zoneName}`;
+      return new CloudflarePermissionError(
+        `Cloudflare refused ${what} (HTTP ${status}: ${errorText(err)}): the API token from ${source} lacks the permission "${PERMISSIONS[perm]}" on ${scope}; the token needs ${all}`,
+        status,
+        codes,
+      );
+    }
+    return new CloudflareApiError(`Cloudflare refused ${what} (HTTP ${status}: ${errorText(err)})`, status, codes, err);
+  }
+
+  async #pages<T>(fetchPage: (page: number) => Promise<ListPage<T>>, perPage: number): Promise<T[]> {
+    // Paged by hand: the SDK's iterator asks for one more, empty, page after the last one.
+    const out: T[] = [];
+    for (let page = 1; ; page++) {
+      const p = await fetchPage(page);
+      out.push(...p.result);
+      const total = p.result_info?.total_pages;
+      if (p.result.length === 0 || (total !== undefined ? page >= total : p.result.length < perPage)) return out;
+    }
+  }
+
+  // ---- zone ---------------------------------------------------------------------------------
+
+  async findZone(signal?: AbortSignal): Promise<{ id: string; name: string }> {
+    const name = this.zoneName;
+    // A configured id saves the lookup, and with it the need for Zone Read.
+    if (this.#cf.zoneId) return { id: this.#cf.zoneId, name };
+    const what = `looking up zone ${name}`;
+    const zones = await this.#call(what, 'zone', (c) => c.zones.list({ name, account: { id: this.#cf.accountId } }, { signal }));
+    const z = zones.result.find((x) => x.name.toLowerCase() === name);
+    if (!z) {
+      throw new CloudflareApiError(
+        `Cloudflare zone ${name} was not found in account ${this.#cf.accountId}: check $.cloudflare.zone (or $.domain) and $.cloudflare.accountId, and that the API token has "${PERMISSIONS.zone}" on the zone (without it Cloudflare lists no zones)`,
+        200,
+        [],
+      );
+    }
+    return { id: z.id, name };
+  }
+
+  // ---- DNS ----------------------------------------------------------------------------------
+
+  /** Records of the zone, filtered server-side by comment prefix and/or exact name. */
+  async listRecords(zoneId: string, filter: { commentStartsWith?: string; name?: string }, signal?: AbortSignal): Promise<DnsRecord[]> {
+    const what = filter.name ? `listing DNS records of ${filter.name}` : 'listing DNS records';
+    const raw = await this.#pages<RawRecord>(
+      (page) =>
+        this.#call(what, 'dns', async (c) => {
+          const p = await c.dns.records.list(
+            {
+              zone_id: zoneId,
+              ...(filter.commentStartsWith !== undefined ? { comment: { startswith: filter.commentStartsWith } } : {}),
+              ...(filter.name !== undefined ? { name: { exact: filter.name } } : {}),
+              page,
+              per_page: DNS_PAGE,
+            },
+            { signal },
+          );
+          return { result: p.result as RawRecord[], result_info: p.result_info };
+        }),
+      DNS_PAGE,
+    );
+    return raw.map(toRecord);
+  }
+
+  /**
+   * Creates a record. The POST is never retried blindly: when its answer is lost (connection
+   * reset, timeout, 5xx) or Cloudflare says it already exists (a previous attempt got through),
+   * the name is listed again and a record equal to `spec` counts as created.
+   */
+  async createRecord(zoneId: string, spec: DnsRecordSpec, signal?: AbortSignal): Promise<DnsRecord> {
+    const what = `creating DNS ${spec.type} ${spec.name}`;
+    try {
+      const r = await this.#call(what, 'dns', (c) =>
+        c.dns.records.create(
+          { zone_id: zoneId, type: spec.type, name: spec.name, content: spec.content, proxied: spec.proxied, ttl: spec.ttl, comment: spec.comment },
+          { signal, maxRetries: 0 },
+        ),
+      );
+      return toRecord(r as RawRecord);
+    } catch (err) {
+      const exists = err instanceof CloudflareApiError && err.codes.some((c) => ALREADY_EXISTS_CODES.has(c));
+      if (!(exists || (err instanceof TransientError && !(err instanceof RateLimitedError)))) throw err;
+      const again = await this.listRecords(zoneId, { name: spec.name }, signal);
+      const done = again.find(
+        (r) => r.type === spec.type && r.name === spec.name && r.content === normContent(spec.type, spec.content) && r.comment === spec.comment,
+      );
+      if (done) {
+        this.log.warn({ record: `${spec.type} ${spec.name}` }, `${what}: the answer was lost or it already existed; found it on re-list, continuing`);
+        return done;
+      }
+      throw err;
+    }
+  }
+
+  /** Overwrites a record (PUT): idempotent, so the SDK may retry it. */
+  async updateRecord(zoneId: string, id: string, spec: DnsRecordSpec, signal?: AbortSignal): Promise<DnsRecord> {
+    const r = await this.#call(`updating DNS ${spec.type} ${spec.name}`, 'dns', (c) =>
+      c.dns.records.update(id, { zone_id: zoneId, type: spec.type, name: spec.name, content: spec.content, proxied: spec.proxied, ttl: spec.ttl, comment: spec.comment }, { signal }),
+    );
+    return toRecord(r as RawRecord);
+  }
+
+  async deleteRecord(zoneId: string, record: { id: string; type: string; name: string }, signal?: AbortSignal): Promise<void> {
+    try {
+      await this.#call(`deleting DNS ${record.type} ${record.name}`, 'dns', (c) => c.dns.records.delete(record.id, { zone_id: zoneId }, { signal }));
+    } catch (err) {
+      // Gone already: a retried DELETE whose first answer was lost.
+      if (err instanceof CloudflareApiError && (err.codes.includes(RECORD_NOT_FOUND) || err.httpStatus === 404)) return;
+      throw err;
+    }
+  }
+
+  // ---- tunnel -------------------------------------------------------------------------------
+
+  /** Non-deleted tunnels of the account with exactly this name. */
+  async findTunnels(name: string, signal?: AbortSignal): Promise<Tunnel[]> {
+    const accountId = this.#cf.accountId;
+    const raw = await this.#pages<RawTunnel>(
+      (page) =>
+        this.#call(`listing tunnels named ${name}`, 'tunnel', async (c) => {
+          const p = await c.zeroTrust.tunnels.cloudflared.list({ account_id: accountId, name, is_deleted: false, page, per_page: TUNNEL_PAGE }, { signal });
+          return { result: p.result as RawTunnel[], result_info: p.result_info };
+        }),
+      TUNNEL_PAGE,
+    );
+    return raw.filter((t) => t.name === name && !t.deleted_at).map(toTunnel);
+  }
+
+  /**
+   * Finds or creates the remotely-managed tunnel `name`, never leaving two: it lists before
+   * creating, re-lists when the create's answer is lost or the name is taken, and after a
+   * create re-lists again; if someone else created one concurrently, the oldest wins and the
+   * one this call made is deleted again.
+   */
+  async ensureTunnel(name: string, signal?: AbortSignal): Promise<{ tunnel: Tunnel; created: boolean }> {
+    const before = oldestTunnel(await this.findTunnels(name, signal));
+    if (before) return { tunnel: before, created: false };
+    const accountId = this.#cf.accountId;
+    const what = `creating tunnel ${name}`;
+    let mine: Tunnel;
+    try {
+      const t = await this.#call(what, 'tunnel', (c) => c.zeroTrust.tunnels.cloudflared.create({ account_id: accountId, name, config_src: 'cloudflare' }, { signal, maxRetries: 0 }));
+      mine = toTunnel(t as RawTunnel);
+    } catch (err) {
+      const taken = err instanceof CloudflareApiError && err.codes.includes(TUNNEL_NAME_TAKEN);
+      if (!(taken || (err instanceof TransientError && !(err instanceof RateLimitedError)))) throw err;
+      const found = oldestTunnel(await this.findTunnels(name, signal));
+      if (found) {
+        this.log.warn({ tunnel: name }, `${what}: the answer was lost or the name was taken; found tunnel ${found.id} on re-list, continuing`);
+        return { tunnel: found, created: false };
+      }
+      throw err;
+    }
+    const after = await this.findTunnels(name, signal);
+    const winner = oldestTunnel(after.some((t) => t.id === mine.id) ? after : [...after, mine])!;
+    if (winner.id !== mine.id) {
+      this.log.warn({ tunnel: name }, `another tunnel named ${name} (${winner.id}) appeared while creating ${mine.id}; keeping the older one and deleting ${mine.id}`);
+      await this.#call(`deleting duplicate tunnel ${mine.id}`, 'tunnel', (c) => c.zeroTrust.tunnels.cloudflared.delete(mine.id, { account_id: accountId }, { signal }));
+      return { tunnel: winner, created: false };
+    }
+    return { tunnel: mine, created: true };
+  }
+
+  /** The remotely-managed ingress rules, as the API returns them; null when none were ever put. */
+  async getTunnelIngress(tunnelId: string, signal?: AbortSignal): Promise<ApiIngressRule[] | null> {
+    const res = await this.#call(`reading the configuration of tunnel ${tunnelId}`, 'tunnel', (c) =>
+      c.zeroTrust.tunnels.cloudflared.configurations.get(tunnelId, { account_id: this.#cf.accountId }, { signal }),
+    );
+    const ingress = (res.config as { ingress?: ApiIngressRule[] } | null | undefined)?.ingress;
+    return Array.isArray(ingress) ? ingress : null;
+  }
+
+  async putTunnelIngress(tunnelId: string, ingress: readonly TunnelIngressRule[], signal?: AbortSignal): Promise<void> {
+    await this.#call(`writing the ingress rules of tunnel ${tunnelId}`, 'tunnel', (c) =>
+      c.zeroTrust.tunnels.cloudflared.configurations.update(
+        tunnelId,
+        // The SDK types every rule with a hostname; the catch-all rule has none by design.
+        { account_id: this.#cf.accountId, config: { ingress: ingress.map((r) => ({ ...r })) as Array<{ hostname: string; service: string }> } },
+        { signal },
+      ),
+    );
+  }
+
+  /** The token cloudflared runs with. Wrapped at once so it is scrubbed from every log line. */
+  async getTunnelToken(tunnelId: string, signal?: AbortSignal): Promise<Secret> {
+    const token = await this.#call(`reading the token of tunnel ${tunnelId}`, 'tunnel', (c) =>
+      c.zeroTrust.tunnels.cloudflared.token.get(tunnelId, { account_id: this.#cf.accountId }, { signal }),
+    );
+    if (typeof token !== 'string' || token === '') throw new CloudflareApiError(`Cloudflare returned no token for tunnel ${tunnelId}`, 200, []);
+    return new Secret(token);
   }
 }

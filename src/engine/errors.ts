@@ -37,3 +37,16 @@ export function isTransient(err: unknown): boolean {
 export function retryAfterMs(err: unknown): number | undefined {
   return err instanceof TransientError ? err.retryAfterMs : undefined;
 }
+
+/**
+ * A step that did part of its work and can still hand its outputs on, e.g. the tunnel
+ * exists (dns can run) but its token Secret could not be written because the cluster is down.
+ */
+export class PartialStepError extends Error {
+  override name = 'PartialStepError';
+  readonly outputs: Record<string, unknown>;
+  constructor(message: string, outputs: Record<string, unknown>, cause: unknown) {
+    super(message, { cause });
+    this.outputs = outputs;
+  }
+}

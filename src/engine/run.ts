@@ -2,7 +2,7 @@
 // independent branches (cluster vs. Cloudflare) keep going when one of them fails.
 import type { Logger } from 'pino';
 import { isWrite, type Change, type Outputs, type Step, type StepContext, type StepName } from '../steps/types.ts';
-import { isTransient, retryAfterMs } from './errors.ts';
+import { isTransient, PartialStepError, retryAfterMs } from './errors.ts';
 import type { Settings } from '../settings/schema.ts';
 
 export type Mode = 'plan' | 'apply';
@@ -121,7 +121,8 @@ export async function runSteps(steps: readonly Step[], opts: RunOptions): Promis
       return full;
     };
     const log = opts.log.child({ step: step.name });
-    const failedDeps = deps.filter((d) => d.outcome === 'failed' || d.outcome === 'blocked');
+    // A step that failed after publishing its outputs does not hold back what needs them.
+    const failedDeps = deps.filter((d) => (d.outcome === 'failed' && !outputs.has(d.step)) || d.outcome === 'blocked');
     if (failedDeps.length > 0) {
       const why = `not run: ${failedDeps.map((d) => d.step).join(', ')} did not succeed`;
       log.warn({ outcome: 'blocked' }, `${step.name}: ${why}`);
@@ -170,6 +171,7 @@ export async function runSteps(steps: readonly Step[], opts: RunOptions): Promis
       }
     } catch (err) {
       const e = deadline.signal.aborted && !(err instanceof StepTimeoutError) ? deadline.signal.reason : err;
+      if (err instanceof PartialStepError) outputs.set(step.name, err.outputs);
       const r = report({ outcome: 'failed', changes: [], error: message(e), attempts: attempt });
       log.error({ event: 'finish', outcome: 'failed', durationMs: r.durationMs, attempts: attempt, err: message(e) }, `${step.name}: failed: ${message(e)}`);
       return r;

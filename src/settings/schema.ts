@@ -50,7 +50,12 @@ const host = z.strictObject({
     .regex(/^(https?|tcp|ssh|rdp|unix|http_status):/, 'expected a cloudflared service URL like http://svc.ns.svc.cluster.local:80')
     .optional()
     .describe('External hosts only: where the tunnel sends traffic; defaults to the Cilium shared ingress.'),
-  ttl: z.number().int().min(1).max(86400).optional().describe('DNS TTL in seconds; 1 means automatic.'),
+  ttl: z
+    .number()
+    .int()
+    .refine((t) => t === 1 || (t >= 60 && t <= 86400), 'expected 1 (automatic) or 60-86400 seconds, as Cloudflare accepts')
+    .optional()
+    .describe('DNS TTL in seconds; 1 means automatic. Proxied (external) records are always automatic.'),
   adopt: z.boolean().optional().describe('Take over an existing record of this name that the daemon did not create.'),
 });
 

@@ -206,3 +206,19 @@ test('a lock left by a previous boot is stale even if its pid is alive now', () 
   writeFileSync(join(dir, 'run.lock'), JSON.stringify({ pid: process.pid, boot: 'another-boot', since: 'yesterday' }));
   acquireLock(dir)();
 });
+
+test('a step that fails after publishing its outputs still lets its dependents run', async () => {
+  const { PartialStepError } = await import('../../src/engine/errors.ts');
+  const events: string[] = [];
+  const steps = fakeSteps(
+    [
+      { name: 'tunnel', behave: () => { throw new PartialStepError('secret not written: cluster down', { tunnelId: 't-9' }, new Error('ECONNREFUSED')); } },
+      { name: 'dns', needs: ['tunnel'], pending: create },
+    ],
+    events,
+  );
+  const reports = await runSteps(steps, options());
+  assert.equal(reports[0]!.outcome, 'failed');
+  assert.equal(reports[1]!.outcome, 'changed');
+  assert.ok(events.includes('change dns upstream={"tunnelId":"t-9"}'));
+});

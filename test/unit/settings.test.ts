@@ -70,3 +70,4 @@ test('unreadable and non-JSON files are clear errors', () => {
   assert.throws(() => loadSettings('/nonexistent/settings.json'), /\/nonexistent\/settings.json: invalid settings:\n.*cannot read the settings file \(ENOENT\)/);
   assert.throws(() => loadSettings(new URL('../../package-lock.json', import.meta.url).pathname.replace('package-lock.json', 'README.md')), /not valid JSON|cannot read/);
 });
+test('a TTL Cloudflare would refuse', () => rejects((s) => (s.hosts[1].ttl = 30), '$.hosts[1].ttl', '60-86400'));

@@ -1,0 +1,517 @@
+// The tunnel and dns steps against the Cloudflare emulator and a real kube-apiserver. Steps are
+// driven the way the engine drives them (want, have, changes, change, retried on transient
+// errors), or through the engine itself where independence from the cluster steps is the point.
+import { after, before, beforeEach, afterEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
+import { auditMark, countRequests } from '../rig/audit.ts';
+import { CloudflareEmulator, type Permission } from '../rig/cloudflare-emulator.ts';
+import { parseSettings } from '../../src/settings/load.ts';
+import type { Settings } from '../../src/settings/schema.ts';
+import { Credentials } from '../../src/credentials.ts';
+import { createAdapters, type Adapters } from '../../src/adapters/index.ts';
+import { CloudflareClient, type CloudflareClientOptions } from '../../src/adapters/cloudflare.ts';
+import { OWNER_LABEL } from '../../src/adapters/kube.ts';
+import { createLogger, type Logger } from '../../src/log.ts';
+import type { Change, KubeObject, Outputs, Step, StepContext } from '../../src/steps/types.ts';
+import { tunnelStep, PartialStepError } from '../../src/steps/tunnel.ts';
+import { dnsStep } from '../../src/steps/dns.ts';
+import { isTransient, retryAfterMs } from '../../src/engine/errors.ts';
+import { runSteps } from '../../src/engine/run.ts';
+
+const TOKEN = 'cf-api-token-for-the-emulator-0123456789';
+const ACCOUNT = '0123456789abcdef0123456789abcdef';
+const ZONE = 'peterstorm.io';
+const MARKER = 'managed-by=homelab-bootstrap';
+const INGRESS_SERVICE = 'http://cilium-ingress.kube-system.svc.cluster.local:80';
+const example = JSON.parse(readFileSync(new URL('../../examples/homelab.json', import.meta.url), 'utf8')) as Record<string, any>;
+
+let cp: ControlPlane;
+let dir: string;
+let emu: CloudflareEmulator;
+
+interface Harness {
+  settings: Settings;
+  adapters: Adapters;
+  log: Logger;
+  lines: string[];
+}
+
+function harness(mutate: (s: Record<string, any>) => void = () => {}, cfOpts?: CloudflareClientOptions): Harness {
+  const s = structuredClone(example);
+  s.kubeconfigFile = cp.kubeconfigPath;
+  s.cloudflare.apiTokenFile = join(dir, 'cf-token');
+  s.cloudflare.apiBaseUrl = emu.baseUrl;
+  s.cloudflare.accountId = ACCOUNT;
+  mutate(s);
+  const settings = parseSettings(s);
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      lines.push(String(chunk));
+      cb();
+    },
+  });
+  const log = createLogger({ level: 'debug', pretty: false, destination: sink });
+  const credentials = new Credentials(settings);
+  const base = createAdapters(settings, credentials, log);
+  const cloudflare = cfOpts ? new CloudflareClient(settings, credentials, log, cfOpts) : undefined;
+  const adapters: Adapters = cloudflare
+    ? {
+        get kube() {
+          return base.kube;
+        },
+        get helm() {
+          return base.helm;
+        },
+        cloudflare,
+      }
+    : base;
+  return { settings, adapters, log, lines };
+}
+
+function context(h: Harness, step: Step, upstream: Outputs, signal = new AbortController().signal): StepContext {
+  return { settings: h.settings, log: h.log.child({ step: step.name }), signal, credentials: new Credentials(h.settings), adapters: h.adapters, upstream, progress: () => {} };
+}
+
+interface Driven {
+  changes: Change[];
+  outputs: Outputs;
+  attempts: number;
+}
+
+/** One step as the engine runs it: retried while the error is transient, honouring retry-after. */
+async function drive(h: Harness, step: Step, upstream: Outputs = {}, attempts = 8): Promise<Driven> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const ctx = context(h, step, upstream);
+      const want = step.want(h.settings, upstream);
+      const have = await step.have(ctx, want);
+      const changes = step.changes(want, have);
+      let outputs: Outputs = step.outputs?.(want, have) ?? {};
+      if (changes.some((c) => c.action !== 'noop')) outputs = { ...outputs, ...((await step.change(ctx, changes, want, have)) ?? {}) };
+      return { changes, outputs, attempts: attempt };
+    } catch (e) {
+      if (!isTransient(e) || attempt >= attempts) throw e;
+      await sleep(Math.min(retryAfterMs(e) ?? 100, 2000));
+    }
+  }
+}
+
+/** tunnel, then dns with the tunnel's outputs. */
+async function converge(h: Harness): Promise<{ tunnel: Driven; dns: Driven }> {
+  const tunnel = await drive(h, tunnelStep);
+  const dns = await drive(h, dnsStep, tunnel.outputs);
+  return { tunnel, dns };
+}
+
+const writes = (changes: Change[]) => changes.filter((c) => c.action === 'create' || c.action === 'update' || c.action === 'delete');
+
+function zoneRecords() {
+  return emu
+    .records(ZONE)
+    .map((r) => ({ type: r.type, name: r.name, content: r.content, proxied: r.proxied, ttl: r.ttl, comment: r.comment }))
+    .sort((a, b) => a.name.localeCompare(b.name) || a.type.localeCompare(b.type));
+}
+
+function spec9(tunnelId: string) {
+  const local = (name: string, ip = '192.168.0.240') => ({ type: 'A', name: `${name}.${ZONE}`, content: ip, proxied: false, ttl: 1, comment: MARKER });
+  return [
+    local('argocd'),
+    { type: 'CNAME', name: `echo-server.${ZONE}`, content: `${tunnelId}.cfargotunnel.com`, proxied: true, ttl: 1, comment: MARKER },
+    local('grafana'),
+    local('overseerr'),
+    local('plex', '192.168.0.241'),
+    local('prowlarr'),
+    local('radarr'),
+    local('sonarr'),
+    local('transmission'),
+  ];
+}
+
+async function kubeGet(h: Harness, kind: string, name: string, ns?: string): Promise<KubeObject | undefined> {
+  return h.adapters.kube.get('v1', kind, name, ns);
+}
+
+/** Everything the daemon may never print: the API token, the tunnel token, and its base64 form. */
+function assertNoSecrets(text: string, tunnelToken?: string) {
+  assert.ok(!text.includes(TOKEN), 'the API token leaked');
+  if (tunnelToken) {
+    assert.ok(!text.includes(tunnelToken), 'the tunnel token leaked');
+    assert.ok(!text.includes(Buffer.from(tunnelToken).toString('base64')), 'the base64 tunnel token leaked');
+  }
+}
+
+before(async () => {
+  cp = await startControlPlane();
+  dir = mkdtempSync(join(tmpdir(), 'hb-cf-'));
+  writeFileSync(join(dir, 'cf-token'), `${TOKEN}\n`, { mode: 0o600 });
+});
+after(async () => {
+  await cp?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+beforeEach(async () => {
+  emu = await CloudflareEmulator.start({ token: TOKEN, accountId: ACCOUNT, zones: [ZONE] });
+});
+afterEach(async () => {
+  await emu.stop();
+});
+
+describe('cold run, then a run with nothing to do', () => {
+  it("creates SPEC.md's nine records, one tunnel (external host, then catch-all) and the token Secret; the second run writes nothing", async (t) => {
+    const h = harness();
+    const mark = await auditMark(cp);
+    const cold = await converge(h);
+    const coldCalls = emu.countByMethod();
+    t.diagnostic(`cold run: Cloudflare calls ${JSON.stringify(coldCalls)}`);
+
+    const tunnels = emu.liveTunnels();
+    assert.equal(tunnels.length, 1);
+    const tunnel = tunnels[0]!;
+    assert.equal(tunnel.name, 'homelab');
+    assert.equal(tunnel.config_src, 'cloudflare');
+    assert.deepEqual(tunnel.config?.ingress, [
+      { hostname: `echo-server.${ZONE}`, service: INGRESS_SERVICE, originRequest: {} },
+      { service: 'http_status:404', originRequest: {} },
+    ]);
+    assert.deepEqual(cold.tunnel.outputs, { tunnelId: tunnel.id });
+    assert.deepEqual(zoneRecords(), spec9(tunnel.id));
+
+    const token = emu.tunnelToken(tunnel.id);
+    const secret = await kubeGet(h, 'Secret', 'tunnel-token', 'cloudflared');
+    assert.equal(Buffer.from((secret?.data as Record<string, string>).token!, 'base64').toString('utf8'), token);
+    assert.deepEqual(secret?.metadata.labels, { ...OWNER_LABEL });
+    assert.equal(secret?.type, 'Opaque');
+    assert.ok(await kubeGet(h, 'Namespace', 'cloudflared'));
+
+    // Exactly the calls the design intends: tunnel list ×3 (have, before and after create), token,
+    // zone, owned list, nine name lookups; one tunnel create, nine record creates, one ingress put.
+    assert.deepEqual(coldCalls, { GET: 15, POST: 10, PUT: 1 });
+    const coldKube = await countRequests(cp, { since: mark });
+    assert.deepEqual(coldKube.byVerb.patch, 2, `kube writes: ${JSON.stringify(coldKube.byResource)}`);
+    assert.equal(coldKube.writes, 2);
+
+    // Second run.
+    emu.resetLog();
+    const mark2 = await auditMark(cp);
+    const warm = await converge(h);
+    t.diagnostic(`no-op run: Cloudflare calls ${JSON.stringify(emu.countByMethod())}`);
+    assert.deepEqual(emu.writes(), [], 'no write calls to Cloudflare');
+    assert.deepEqual(emu.countByMethod(), { GET: 5 });
+    assert.deepEqual(writes([...warm.tunnel.changes, ...warm.dns.changes]), []);
+    assert.deepEqual(warm.tunnel.outputs, { tunnelId: tunnel.id });
+    const warmKube = await countRequests(cp, { since: mark2 });
+    assert.equal(warmKube.writes, 0, `kube writes: ${JSON.stringify(warmKube.byResource)}`);
+
+    assertNoSecrets(h.lines.join(''), token);
+    assertNoSecrets(JSON.stringify([cold, warm]), token);
+  });
+
+  it('rewrites the Secret only when it differs from the tunnel token', async () => {
+    const h = harness();
+    await converge(h);
+    const tunnelId = emu.liveTunnels()[0]!.id;
+    const stale = await kubeGet(h, 'Secret', 'tunnel-token', 'cloudflared');
+    await h.adapters.kube.apply({ ...stale!, metadata: { name: 'tunnel-token', namespace: 'cloudflared', labels: { ...OWNER_LABEL } }, data: { token: Buffer.from('stale').toString('base64') } }, { force: true });
+    const mark = await auditMark(cp);
+    emu.resetLog();
+    const run = await drive(h, tunnelStep);
+    assert.deepEqual(writes(run.changes).map((c) => `${c.action} ${c.target}`), ['update Secret cloudflared/tunnel-token']);
+    assert.deepEqual(run.changes.find((c) => c.action === 'update')?.diff, [{ path: '$.data.token', from: '[redacted]', to: '[redacted]' }]);
+    assert.deepEqual(emu.writes(), []);
+    assert.equal((await countRequests(cp, { since: mark })).writes, 1);
+    const fixed = await kubeGet(h, 'Secret', 'tunnel-token', 'cloudflared');
+    assert.equal(Buffer.from((fixed?.data as Record<string, string>).token!, 'base64').toString(), emu.tunnelToken(tunnelId));
+  });
+
+  it('puts the ingress rules back when someone changed them in the dashboard', async () => {
+    const h = harness();
+    await converge(h);
+    const t = [...emu.tunnels.values()][0]!;
+    t.config = { ingress: [{ hostname: `echo-server.${ZONE}`, service: 'http://elsewhere:80', originRequest: { noTLSVerify: true } }, { service: 'http_status:404', originRequest: {} }] };
+    emu.resetLog();
+    const run = await drive(h, tunnelStep);
+    assert.deepEqual(writes(run.changes).map((c) => c.target), ['Cloudflare tunnel homelab ingress']);
+    assert.deepEqual(emu.writes().map((w) => w.method), ['PUT']);
+    assert.deepEqual(emu.liveTunnels()[0]!.config?.ingress[0], { hostname: `echo-server.${ZONE}`, service: INGRESS_SERVICE, originRequest: {} });
+  });
+});
+
+describe('records the daemon does not own', () => {
+  it('are untouched; collisions are conflicts reported per host while the other records are written', async () => {
+    const seeded = [
+      emu.seedRecord(ZONE, { type: 'A', name: 'sonarr', content: '192.168.0.10', comment: 'my NAS' }), // same name, other target
+      emu.seedRecord(ZONE, { type: 'A', name: 'grafana', content: '192.168.0.240' }), // same name, identical
+      emu.seedRecord(ZONE, { type: 'A', name: 'nas', content: '192.168.0.10', comment: 'by hand' }), // other name
+      emu.seedRecord(ZONE, { type: 'TXT', name: 'radarr', content: 'v=spf1 -all' }), // same name, other type
+      emu.seedRecord(ZONE, { type: 'MX', name: ZONE, content: 'mail.example.net', priority: 10 }),
+    ];
+    const h = harness();
+    const tunnel = await drive(h, tunnelStep);
+
+    // plan shows the conflicts
+    const ctx = context(h, dnsStep, tunnel.outputs);
+    const want = dnsStep.want(h.settings, tunnel.outputs);
+    const planned = dnsStep.changes(want, await dnsStep.have(ctx, want));
+    assert.deepEqual(
+      planned.filter((c) => c.action === 'conflict').map((c) => c.target),
+      [`DNS A grafana.${ZONE}`, `DNS A sonarr.${ZONE}`],
+    );
+    assert.match(planned.find((c) => c.target === `DNS A sonarr.${ZONE}`)!.detail!, /192\.168\.0\.10.*not created by homelab-bootstrap.*adopt/);
+
+    // apply reports them as errors, and writes everything else
+    await assert.rejects(drive(h, dnsStep, tunnel.outputs), (e: Error) => {
+      assert.match(e.message, /^2 DNS records not reconciled/);
+      assert.match(e.message, /sonarr\.peterstorm\.io: conflict/);
+      assert.match(e.message, /grafana\.peterstorm\.io: conflict/);
+      return true;
+    });
+    for (const s of seeded) assert.deepEqual(emu.records(ZONE).find((r) => r.id === s.id), s, `${s.type} ${s.name} changed`);
+    const owned = emu.records(ZONE).filter((r) => r.comment === MARKER);
+    assert.deepEqual(owned.map((r) => r.name).sort(), spec9('x').map((r) => r.name).filter((n) => !/^(sonarr|grafana)\./.test(n)).sort());
+
+    // adopt on one host takes that record over explicitly; the other conflict stays
+    const adopting = harness((s) => (s.hosts.find((x: { name: string }) => x.name === 'grafana').adopt = true));
+    emu.resetLog();
+    await assert.rejects(drive(adopting, dnsStep, tunnel.outputs), /^Error: 1 DNS record not reconciled.*sonarr/);
+    assert.deepEqual(emu.writes().map((w) => `${w.method} ${w.path}`), [`PUT /zones/${emu.zone(ZONE).id}/dns_records/${seeded[1]!.id}`]);
+    const grafana = emu.records(ZONE).find((r) => r.id === seeded[1]!.id)!;
+    assert.equal(grafana.comment, MARKER);
+    assert.equal(emu.records(ZONE).find((r) => r.id === seeded[0]!.id)!.comment, 'my NAS');
+  });
+});
+
+describe('a host removed from settings', () => {
+  it('has its owned record deleted, and nothing else changes', async () => {
+    const h = harness();
+    const by = emu.seedRecord(ZONE, { type: 'A', name: 'nas', content: '192.168.0.10', comment: 'by hand' });
+    await converge(h);
+    const before = emu.records(ZONE);
+    const gone = before.find((r) => r.name === `transmission.${ZONE}`)!;
+    const fewer = harness((s) => (s.hosts = s.hosts.filter((x: { name: string }) => x.name !== 'transmission')));
+    emu.resetLog();
+    const run = await converge(fewer);
+    assert.deepEqual(writes([...run.tunnel.changes, ...run.dns.changes]).map((c) => `${c.action} ${c.target}`), [`delete DNS A transmission.${ZONE} → 192.168.0.240`]);
+    assert.deepEqual(emu.writes().map((w) => `${w.method} ${w.path}`), [`DELETE /zones/${emu.zone(ZONE).id}/dns_records/${gone.id}`]);
+    assert.deepEqual(emu.records(ZONE), before.filter((r) => r.id !== gone.id));
+    assert.ok(emu.records(ZONE).some((r) => r.id === by.id));
+  });
+
+  it('a host switched from local to external: its A is deleted, then its CNAME created, and it joins the tunnel', async () => {
+    await converge(harness());
+    const h = harness((s) => (s.hosts.find((x: { name: string }) => x.name === 'grafana').access = 'external'));
+    emu.resetLog();
+    await converge(h);
+    assert.deepEqual(
+      emu.writes().map((w) => w.method),
+      ['PUT', 'DELETE', 'POST'],
+    );
+    const tunnelId = emu.liveTunnels()[0]!.id;
+    assert.deepEqual(
+      emu.records(ZONE).filter((r) => r.name === `grafana.${ZONE}`).map((r) => [r.type, r.content, r.proxied]),
+      [['CNAME', `${tunnelId}.cfargotunnel.com`, true]],
+    );
+    assert.deepEqual(emu.liveTunnels()[0]!.config?.ingress.map((r) => r.hostname), [`echo-server.${ZONE}`, `grafana.${ZONE}`, undefined]);
+  });
+});
+
+describe('faults', () => {
+  /** After any fault: exactly one tunnel, the nine records once each, and a following run writes nothing. */
+  async function assertConverged(h: Harness) {
+    const tunnels = emu.liveTunnels();
+    assert.equal(tunnels.length, 1, 'exactly one tunnel');
+    assert.equal(emu.tunnels.size, 1, 'no tunnel was created and deleted again');
+    assert.deepEqual(zoneRecords(), spec9(tunnels[0]!.id), 'the nine records, no duplicates');
+    emu.clearFaults();
+    emu.resetLog();
+    await converge(h);
+    assert.deepEqual(emu.writes(), [], 'a following run writes nothing');
+  }
+
+  it('429 bursts with retry-after', async (t) => {
+    const h = harness();
+    emu.rateLimit(5, { retryAfterSeconds: 1 });
+    emu.rateLimit(3, { retryAfterSeconds: 1, match: { method: 'POST', path: /dns_records$/ } });
+    const run = await converge(h);
+    t.diagnostic(`attempts: tunnel ${run.tunnel.attempts}, dns ${run.dns.attempts}; 429s answered: ${emu.requests.filter((r) => r.status === 429).length}`);
+    assert.equal(emu.requests.filter((r) => r.status === 429).length, 8);
+    await assertConverged(h);
+  });
+
+  it('a long retry-after is handed to the engine as TransientError.retryAfterMs instead of sleeping inside the call', async () => {
+    const h = harness();
+    emu.rateLimit(1, { retryAfterSeconds: 120 });
+    const ctx = context(h, tunnelStep, {});
+    await assert.rejects(tunnelStep.have(ctx, tunnelStep.want(h.settings, {})), (e: unknown) => {
+      assert.ok(isTransient(e));
+      assert.equal(retryAfterMs(e), 120_000);
+      return true;
+    });
+    assert.equal(emu.requests.length, 1, 'the SDK did not retry it itself');
+  });
+
+  it('5xx bursts', async () => {
+    const h = harness();
+    emu.serverErrors(3, { status: 502 });
+    emu.serverErrors(2, { status: 500, match: { method: 'POST' } });
+    emu.serverErrors(2, { status: 503, match: { method: 'PUT' } });
+    await converge(h);
+    assert.ok(emu.requests.filter((r) => typeof r.status === 'number' && r.status >= 500).length === 7);
+    await assertConverged(h);
+  });
+
+  it('creates whose response is lost (connection reset): re-listed, never duplicated', async () => {
+    const h = harness();
+    emu.loseResponse({ match: { method: 'POST', path: /cfd_tunnel$/ } });
+    emu.loseResponse({ times: 3, match: { method: 'POST', path: /dns_records$/ } });
+    emu.loseResponse({ match: { method: 'PUT' } });
+    await converge(h);
+    assert.equal(emu.requests.filter((r) => r.status === 'lost').length, 5);
+    await assertConverged(h);
+    assert.match(h.lines.join(''), /found it on re-list/);
+  });
+
+  it('creates that time out (the answer never comes): re-listed, never duplicated', async () => {
+    const h = harness(undefined, { timeoutMs: 400 });
+    emu.loseResponse({ mode: 'hang', match: { method: 'POST', path: /cfd_tunnel$/ } });
+    emu.loseResponse({ mode: 'hang', times: 2, match: { method: 'POST', path: /dns_records$/ } });
+    await converge(h);
+    assert.equal(emu.requests.filter((r) => r.status === 'hung').length, 3);
+    await assertConverged(h);
+  });
+
+  it('another creator made the same tunnel meanwhile: the older one is kept, the one just made is deleted', async () => {
+    // The fetch seam plays the other creator: right after our create, an older tunnel of the name appears.
+    const rival = { id: '00000000-0000-4000-8000-000000000001', account_tag: ACCOUNT, name: 'homelab', created_at: '2020-01-01T00:00:00.000Z', deleted_at: null, config_src: 'cloudflare' as const, secret: Buffer.alloc(32, 1).toString('base64'), config: null, version: 0, configCreatedAt: null };
+    const h = harness(undefined, {
+      fetch: async (input, init) => {
+        const res = await fetch(input, init);
+        if (init?.method === 'POST' && String(input).endsWith('/cfd_tunnel')) emu.tunnels.set(rival.id, { ...rival });
+        return res;
+      },
+    });
+    const run = await converge(h);
+    assert.deepEqual(run.tunnel.outputs, { tunnelId: rival.id });
+    assert.deepEqual(emu.liveTunnels().map((t) => t.id), [rival.id]);
+    assert.equal(emu.writes().filter((w) => w.method === 'DELETE' && w.path.includes('cfd_tunnel')).length, 1);
+    assert.deepEqual(zoneRecords(), spec9(rival.id));
+  });
+
+  it('a slow API, some answers slower than the client timeout', async () => {
+    const h = harness(undefined, { timeoutMs: 500 });
+    emu.slow(700, { times: 2, match: { method: 'GET' } });
+    emu.slow(700, { times: 1, match: { method: 'POST', path: /dns_records$/ } });
+    emu.slow(60);
+    const t0 = Date.now();
+    await converge(h);
+    assert.ok(Date.now() - t0 > 26 * 60);
+    await assertConverged(h);
+  });
+});
+
+describe('credentials and permissions', () => {
+  /** A cluster step stand-in: writes one ConfigMap through the same adapters. */
+  const clusterStep: Step<KubeObject, KubeObject | undefined> = {
+    name: 'age-key',
+    needs: [],
+    want: () => ({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'cluster-step-ran', namespace: 'default', labels: { ...OWNER_LABEL } }, data: { ok: 'yes' } }),
+    have: (ctx) => ctx.adapters.kube.get('v1', 'ConfigMap', 'cluster-step-ran', 'default'),
+    changes: (_w, have) => [{ action: have ? 'noop' : 'create', target: 'ConfigMap default/cluster-step-ran' }],
+    async change(ctx, _c, want) {
+      await ctx.adapters.kube.apply(want);
+    },
+    rendered: () => ({}),
+  };
+
+  async function runEngine(h: Harness) {
+    await h.adapters.kube.delete('v1', 'ConfigMap', 'cluster-step-ran', 'default');
+    return runSteps([clusterStep as Step, tunnelStep as Step, dnsStep as Step], {
+      mode: 'apply',
+      settings: h.settings,
+      log: h.log,
+      retry: { attempts: 2, baseMs: 10, maxMs: 20 },
+      context: (step, upstream, signal) => context(h, step, upstream, signal),
+    });
+  }
+
+  it('a token without DNS Edit: dns fails naming the permission; tunnel and the cluster steps are unaffected', async () => {
+    emu.setToken(TOKEN, ['zone:read', 'dns:read', 'tunnel:edit'] satisfies Permission[]);
+    const h = harness();
+    const reports = await runEngine(h);
+    const by = Object.fromEntries(reports.map((r) => [r.step, r]));
+    assert.equal(by['age-key']!.outcome, 'changed');
+    assert.equal(by.tunnel!.outcome, 'changed');
+    assert.equal(by.dns!.outcome, 'failed');
+    assert.match(by.dns!.error!, /Cloudflare refused creating DNS .* \(HTTP 403: 10000 Authentication error\): the API token from .*cf-token \(\$\.cloudflare\.apiTokenFile\) lacks the permission "Zone › DNS › Edit" on zone peterstorm\.io/);
+    assert.equal(emu.writes().filter((w) => w.path.includes('dns_records')).length, 1, 'stopped at the first refusal');
+    assert.ok(await kubeGet(h, 'ConfigMap', 'cluster-step-ran', 'default'));
+    assertNoSecrets(JSON.stringify(reports) + h.lines.join(''));
+  });
+
+  it('a token without Tunnel Edit: the tunnel step names the permission, dns is blocked, the cluster steps run', async () => {
+    emu.setToken(TOKEN, ['zone:read', 'dns:edit', 'tunnel:read'] satisfies Permission[]);
+    const h = harness();
+    const by = Object.fromEntries((await runEngine(h)).map((r) => [r.step, r]));
+    assert.equal(by['age-key']!.outcome, 'changed');
+    assert.equal(by.tunnel!.outcome, 'failed');
+    assert.match(by.tunnel!.error!, /lacks the permission "Account › Cloudflare Tunnel › Edit" on account 0123456789abcdef0123456789abcdef/);
+    assert.equal(by.dns!.outcome, 'blocked');
+  });
+
+  it('an invalid token (403): a clear error that never quotes the token; the cluster steps run', async () => {
+    emu.removeToken(TOKEN);
+    emu.setToken('the-real-token-is-another-one');
+    const h = harness();
+    const reports = await runEngine(h);
+    const by = Object.fromEntries(reports.map((r) => [r.step, r]));
+    assert.equal(by['age-key']!.outcome, 'changed');
+    assert.equal(by.tunnel!.outcome, 'failed');
+    assert.match(by.tunnel!.error!, /Cloudflare rejected the API token from .*cf-token \(\$\.cloudflare\.apiTokenFile\) .*HTTP 403: 9109 Invalid access token.*invalid, expired or revoked/);
+    assertNoSecrets(JSON.stringify(reports) + h.lines.join(''));
+  });
+
+  it('a token without Zone Read: the zone is "not found", and the error says why that may be', async () => {
+    emu.setToken(TOKEN, ['dns:edit', 'tunnel:edit'] satisfies Permission[]);
+    const h = harness();
+    const tunnel = await drive(h, tunnelStep);
+    await assert.rejects(drive(h, dnsStep, tunnel.outputs), /zone peterstorm\.io was not found in account .*"Zone › Zone › Read"/);
+    // A configured zone id needs no zone lookup, hence no Zone Read.
+    const withId = harness((s) => (s.cloudflare.zoneId = emu.zone(ZONE).id));
+    await drive(withId, dnsStep, tunnel.outputs);
+    assert.equal(emu.records(ZONE).length, 9);
+  });
+});
+
+describe('the cluster is down', () => {
+  it('the tunnel is still made and its id still reaches DNS; the step fails only for the Secret', async () => {
+    const deadKubeconfig = join(dir, 'dead-kubeconfig');
+    writeFileSync(deadKubeconfig, readFileSync(cp.kubeconfigPath, 'utf8').replace(/server: https:\/\/127\.0\.0\.1:\d+/, 'server: https://127.0.0.1:9'));
+    const h = harness((s) => (s.kubeconfigFile = deadKubeconfig));
+    const err = await drive(h, tunnelStep, {}, 2).then(
+      () => assert.fail('the tunnel step succeeded without a cluster'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof PartialStepError, String(err));
+    assert.ok(isTransient(err), 'the cluster may come back: the engine retries');
+    const tunnelId = emu.liveTunnels()[0]!.id;
+    assert.deepEqual(err.outputs, { tunnelId });
+    assert.match(err.message, /tunnel homelab \(.*\) is in place, but Secret cloudflared\/tunnel-token was not written: .*cannot reach the API server/);
+    assert.equal(emu.liveTunnels().length, 1, 'the retry did not create a second tunnel');
+
+    // plan shows the Secret as waiting for the cluster
+    const ctx = context(h, tunnelStep, {});
+    const want = tunnelStep.want(h.settings, {});
+    const changes = tunnelStep.changes(want, await tunnelStep.have(ctx, want));
+    assert.deepEqual(changes.map((c) => `${c.action} ${c.target}`), ['noop Cloudflare tunnel homelab', 'noop Cloudflare tunnel homelab ingress', 'wait Secret cloudflared/tunnel-token']);
+
+    await drive(h, dnsStep, err.outputs);
+    assert.deepEqual(zoneRecords(), spec9(tunnelId));
+    assertNoSecrets(err.message + h.lines.join(''), emu.tunnelToken(tunnelId));
+  });
+});
