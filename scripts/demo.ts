@@ -63,8 +63,8 @@ async function main(): Promise<number> {
     const env = { PATH: `${binDir()}:${process.env.PATH}`, HOME: dir, LOG_LEVEL: process.env.LOG_LEVEL ?? 'warn' };
     const args = ['apply', '--config', config, '--state-dir', stateDir];
 
-    say('\n== first apply (cold cluster; the rig plays cilium-operator and registers the Cilium CRDs 3 s in) ==');
-    const operator = playCiliumOperator(cp, 3000);
+    say('\n== first apply (cold cluster; the rig plays cilium-operator and registers the Cilium CRDs 8 s in, so cilium-crds waits for them) ==');
+    const operator = playCiliumOperator(cp, 8000);
     const first = await runCli(args, env);
     operator.cancel();
     const firstChanges = readState(stateDir).lastRun?.changes ?? -1;

@@ -1,38 +1,655 @@
-// Thin adapter over @kubernetes/client-node. Stub with the agreed surface: the cluster-steps
-// work implements it (every write is server-side apply with field manager FIELD_MANAGER).
+// Thin adapter to the Kubernetes API. @kubernetes/client-node reads the kubeconfig and works out
+// TLS and credentials (client certs, tokens, exec plugins); the requests themselves go over
+// node:https with one keep-alive agent, because the few calls the steps need (server-side apply
+// of arbitrary kinds, discovery, a CRD watch, /readyz) are direct in plain HTTP and awkward
+// through the generated client (which also opens a new connection for every request).
+// Every write is server-side apply with field manager FIELD_MANAGER.
+import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import * as http from 'node:http';
+import * as https from 'node:https';
 import type { Logger } from 'pino';
-import type { KubeObject } from '../steps/types.ts';
+// Loaded on first use: it takes most of a second to import, and `render`, `plan` of pure steps
+// and unit tests of desired state (which import OWNER_LABEL from here) never need it.
+import type { KubeConfig } from '@kubernetes/client-node';
+import type { FieldDiff, KubeObject } from '../steps/types.ts';
+import { TransientError } from '../engine/errors.ts';
+import { childPath, diffObjects } from '../diff.ts';
 
 export const FIELD_MANAGER = 'homelab-bootstrap';
 export const OWNER_LABEL = { 'app.kubernetes.io/managed-by': 'homelab-bootstrap' } as const;
+/** OWNER_LABEL as a label selector, to list what the daemon made. */
+export const OWNER_SELECTOR = Object.entries(OWNER_LABEL)
+  .map(([k, v]) => `${k}=${v}`)
+  .join(',');
+
+export const USER_AGENT = `homelab-bootstrap/${packageVersion()}`;
+
+function packageVersion(): string {
+  // src/adapters/kube.ts and dist/adapters/kube.js both sit two levels below package.json.
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
 
 export interface ApplyOptions {
   dryRun?: boolean;
   force?: boolean; // take over fields another manager owns
 }
 
+export interface WaitCrdsOptions {
+  timeoutMs: number;
+  signal?: AbortSignal;
+  /** Called with a sentence saying what is still awaited, whenever that changes. */
+  onProgress?: (text: string) => void;
+}
+
+/** A request the apiserver refused for a reason that will not pass by itself (4xx). */
+export class KubeApiError extends Error {
+  override name = 'KubeApiError';
+  /** Deliberately not called `status`/`code`: engine/errors.ts would read 409 as transient. */
+  readonly httpStatus: number;
+  readonly reason: string | undefined;
+  constructor(message: string, httpStatus: number, reason?: string) {
+    super(message);
+    this.httpStatus = httpStatus;
+    this.reason = reason;
+  }
+}
+
+/** The bounded CRD wait ran out; `missing` names what never became Established. */
+export class CrdWaitError extends Error {
+  override name = 'CrdWaitError';
+  readonly missing: string[];
+  constructor(message: string, missing: string[]) {
+    super(message);
+    this.missing = missing;
+  }
+}
+
+export interface ReadyzStatus {
+  ready: boolean;
+  /** Why not, in a few words: "connection refused", "HTTP 500: [-]poststarthook/… failed". */
+  detail: string;
+}
+
+interface ApiResource {
+  name: string;
+  kind: string;
+  namespaced: boolean;
+}
+
+interface Connection {
+  server: URL;
+  agent: http.Agent;
+  request: typeof https.request;
+}
+
+interface RawResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  text: string;
+}
+
+interface RequestOptions {
+  body?: string;
+  contentType?: string;
+  signal?: AbortSignal | undefined;
+  timeoutMs?: number;
+}
+
+const TRANSPORT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED', 'ERR_SOCKET_CLOSED']);
+
+/** A short reference for messages: "cilium.io/v2 CiliumLoadBalancerIPPool homelab", "v1 Secret argocd/sops-age-key". */
+export function objectRef(apiVersion: string, kind: string, name?: string, namespace?: string): string {
+  return `${apiVersion} ${kind}${name ? ` ${namespace ? `${namespace}/` : ''}${name}` : ''}`;
+}
+
+export function crdEstablished(crd: KubeObject | undefined): { established: boolean; detail: string } {
+  if (!crd) return { established: false, detail: 'not found' };
+  const conditions = ((crd.status as { conditions?: { type?: string; status?: string; reason?: string; message?: string }[] } | undefined)?.conditions ?? []);
+  const est = conditions.find((c) => c.type === 'Established');
+  if (est?.status === 'True') return { established: true, detail: 'Established' };
+  const names = conditions.find((c) => c.type === 'NamesAccepted');
+  if (names?.status === 'False') return { established: false, detail: `names not accepted: ${names.message ?? names.reason ?? ''}`.trim() };
+  return { established: false, detail: est ? `exists, not Established (${est.reason ?? est.status ?? 'unknown'})` : 'exists, not Established yet' };
+}
+
+/**
+ * Turns a non-2xx answer into TransientError (429, 5xx: the engine retries) or KubeApiError
+ * (the rest), carrying the apiserver's own message and `what` (verb and object reference).
+ */
+export function apiError(status: number, retryAfter: string | string[] | undefined, body: string, what: string, scrub?: (s: string) => string): Error {
+  let message = body.trim().slice(0, 2000);
+  let reason: string | undefined;
+  try {
+    const st = JSON.parse(body) as { message?: string; reason?: string };
+    if (st.message) message = st.message;
+    reason = st.reason;
+  } catch {
+    // not a Status object: keep the text
+  }
+  if (scrub) message = scrub(message);
+  // Server-side apply reports an object that does not fit the (CRD) schema as a 500; it
+  // fails the same way every time, so retrying would only delay the error.
+  if (status === 500 && /failed to create typed (patch )?object|not declared in schema/.test(message)) {
+    return new KubeApiError(`${what}: the object does not match the schema the API server has for it: ${message}`, 422, 'Invalid');
+  }
+  const text = `${what}: HTTP ${status}${reason ? ` ${reason}` : ''}: ${message || '(no message)'}`;
+  if (status === 429 || status >= 500) {
+    const ra = Number(Array.isArray(retryAfter) ? retryAfter[0] : retryAfter);
+    return new TransientError(text, Number.isFinite(ra) && ra > 0 ? { retryAfterMs: ra * 1000 } : undefined);
+  }
+  return new KubeApiError(text, status, reason);
+}
+
 export class KubeClient {
   readonly kubeconfigPath: string;
   readonly log: Logger;
+  #kc: KubeConfig | undefined;
+  #conn: Connection | undefined;
+  /** Discovery by groupVersion. Only hits are kept: a CRD may appear at any time. */
+  readonly #resources = new Map<string, ApiResource[]>();
+
   constructor(kubeconfigPath: string, log: Logger) {
     this.kubeconfigPath = kubeconfigPath;
     this.log = log;
   }
+
+  /** The API server URL, from the kubeconfig (known after the first request). */
+  get server(): string {
+    return this.#conn?.server.origin ?? `(the server in ${this.kubeconfigPath})`;
+  }
+
+  /** Loads the kubeconfig on first use. Errors name the file and never quote it: it holds credentials. */
+  async #connection(): Promise<Connection> {
+    if (this.#conn) return this.#conn;
+    const { KubeConfig } = await import('@kubernetes/client-node');
+    // Concurrent first requests all awaited the import; the rest is synchronous, so the first one
+    // through builds the connection and the others reuse it.
+    if (this.#conn) return this.#conn;
+    const path = this.kubeconfigPath;
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (e) {
+      throw new Error(`kubeconfig ${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+    const kc = new KubeConfig();
+    try {
+      kc.loadFromString(text);
+      kc.makePathsAbsolute(dirname(path));
+    } catch (e) {
+      // js-yaml's message quotes the offending lines; keep only the position.
+      const mark = (e as { mark?: { line?: number } }).mark;
+      const why = mark?.line !== undefined ? `YAML error at line ${mark.line + 1}` : (e as Error).name === 'YAMLException' ? 'YAML error' : (e as Error).message;
+      throw new Error(`kubeconfig ${path} is not a valid kubeconfig: ${why}`);
+    }
+    const cluster = kc.getCurrentCluster();
+    if (!cluster?.server) throw new Error(`kubeconfig ${path} names no current cluster with a server`);
+    const server = new URL(cluster.server);
+    this.#kc = kc;
+    const user = kc.getCurrentUser();
+    const tls = server.protocol === 'https:';
+    if (!tls && !cluster.skipTLSVerify) throw new Error(`kubeconfig ${path}: plain http to ${server.origin} needs insecure-skip-tls-verify`);
+    // Static TLS material is read once; per-request headers (tokens, exec plugins) are fresh each time.
+    const opts: https.AgentOptions = { keepAlive: true, maxSockets: 8 };
+    if (tls) {
+      const ca = fileOrData(cluster.caFile, cluster.caData);
+      if (ca) opts.ca = ca;
+      const cert = fileOrData(user?.certFile, user?.certData);
+      if (cert) opts.cert = cert;
+      const key = fileOrData(user?.keyFile, user?.keyData);
+      if (key) opts.key = key;
+      if (cluster.skipTLSVerify) opts.rejectUnauthorized = false;
+      if (cluster.tlsServerName) opts.servername = cluster.tlsServerName;
+    }
+    this.#conn = tls
+      ? { server, agent: new https.Agent(opts), request: https.request }
+      : { server, agent: new http.Agent({ keepAlive: true, maxSockets: 8 }), request: http.request as typeof https.request };
+    return this.#conn;
+  }
+
+  async #headers(): Promise<Record<string, string>> {
+    const opts: https.RequestOptions = {};
+    await this.#kc!.applyToHTTPSOptions(opts);
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(opts.headers ?? {})) if (v !== undefined) headers[k] = String(v);
+    if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString('base64')}`;
+    headers['User-Agent'] = USER_AGENT;
+    headers.Accept = 'application/json';
+    return headers;
+  }
+
+  async #request(method: string, path: string, o: RequestOptions = {}): Promise<RawResponse> {
+    const conn = await this.#connection();
+    const headers = await this.#headers();
+    if (o.body !== undefined) {
+      headers['Content-Type'] = o.contentType ?? 'application/json';
+      headers['Content-Length'] = String(Buffer.byteLength(o.body));
+    }
+    const url = new URL(path, conn.server);
+    const started = performance.now();
+    const res = await new Promise<RawResponse>((resolve, reject) => {
+      const req = conn.request(url, { method, headers, agent: conn.agent, timeout: o.timeoutMs ?? 30_000, ...(o.signal ? { signal: o.signal } : {}) }, (r) => {
+        const chunks: Buffer[] = [];
+        r.on('data', (c: Buffer) => chunks.push(c));
+        r.on('end', () => resolve({ status: r.statusCode ?? 0, headers: r.headers, text: Buffer.concat(chunks).toString('utf8') }));
+        r.on('error', reject);
+      });
+      req.on('timeout', () => req.destroy(Object.assign(new Error('request timed out'), { code: 'ETIMEDOUT' })));
+      req.on('error', reject);
+      req.end(o.body);
+    }).catch((e: unknown) => {
+      throw this.#transportError(method, url.pathname, e, o.signal);
+    });
+    this.log.debug({ method, path: url.pathname, status: res.status, ms: Math.round(performance.now() - started) }, 'kube request');
+    return res;
+  }
+
+  #transportError(method: string, path: string, e: unknown, signal: AbortSignal | undefined): unknown {
+    if (signal?.aborted) return signal.reason ?? e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code && (TRANSPORT_CODES.has(code) || code.startsWith('UND_ERR'))) {
+      return new TransientError(`${method} ${path}: cannot reach the API server at ${this.#conn?.server.origin} (${code})`, { cause: e });
+    }
+    return new Error(`${method} ${path}: request to the API server at ${this.#conn?.server.origin} failed: ${(e as Error).message}`, { cause: e });
+  }
+
+  #fail(res: RawResponse, what: string, scrub?: (s: string) => string): Error {
+    return apiError(res.status, res.headers['retry-after'], res.text, what, scrub);
+  }
+
+  // ---- discovery --------------------------------------------------------------------------
+
+  static #groupVersionPath(apiVersion: string): string {
+    return apiVersion.includes('/') ? `/apis/${apiVersion}` : `/api/${apiVersion}`;
+  }
+
+  /** The resources served at `apiVersion`, or undefined when the server does not serve it. */
+  async #resourceList(apiVersion: string, fresh = false): Promise<ApiResource[] | undefined> {
+    const cached = this.#resources.get(apiVersion);
+    if (cached && !fresh) return cached;
+    const res = await this.#request('GET', KubeClient.#groupVersionPath(apiVersion));
+    if (res.status === 404) return undefined;
+    if (res.status !== 200) throw this.#fail(res, `discovery of ${apiVersion}`);
+    const list = (JSON.parse(res.text) as { resources?: ApiResource[] }).resources ?? [];
+    this.#resources.set(apiVersion, list);
+    return list;
+  }
+
+  async #resourceFor(apiVersion: string, kind: string): Promise<ApiResource | undefined> {
+    const find = (l: ApiResource[] | undefined) => l?.find((r) => r.kind === kind && !r.name.includes('/'));
+    return find(await this.#resourceList(apiVersion)) ?? find(await this.#resourceList(apiVersion, true));
+  }
+
+  static #path(apiVersion: string, r: ApiResource, namespace: string | undefined, name?: string): string {
+    const ns = r.namespaced && namespace ? `/namespaces/${encodeURIComponent(namespace)}` : '';
+    return `${KubeClient.#groupVersionPath(apiVersion)}${ns}/${r.name}${name ? `/${encodeURIComponent(name)}` : ''}`;
+  }
+
+  /**
+   * The first apiVersion ("cilium.io/v2") in the server's preference order that serves
+   * `resourcePlural` of `group`; undefined when none does (CRD not installed yet).
+   */
+  async servedVersion(group: string, resourcePlural: string): Promise<string | undefined> {
+    const res = await this.#request('GET', `/apis/${encodeURIComponent(group)}`);
+    if (res.status === 404) return undefined;
+    if (res.status !== 200) throw this.#fail(res, `discovery of ${group}`);
+    const versions = (JSON.parse(res.text) as { versions?: { groupVersion: string }[] }).versions ?? [];
+    for (const v of versions) {
+      const list = await this.#resourceList(v.groupVersion, true);
+      if (list?.some((r) => r.name === resourcePlural)) return v.groupVersion;
+    }
+    return undefined;
+  }
+
+  /**
+   * Whether the server serves `kind` at `apiVersion` (discovery; one read). Discovery lists a
+   * custom resource only once its CRD is Established, so this is also a cheap "CRD ready?".
+   */
+  async serves(apiVersion: string, kind: string): Promise<boolean> {
+    const list = await this.#resourceList(apiVersion, true);
+    return list?.some((r) => r.kind === kind && !r.name.includes('/')) ?? false;
+  }
+
+  /**
+   * Polls discovery until `kind` is served. Needed right after a CRD turns Established: the
+   * discovery document (and so apply) can trail the condition by a moment.
+   */
+  async waitServed(apiVersion: string, kind: string, opts: { timeoutMs: number; signal?: AbortSignal }): Promise<void> {
+    const deadline = performance.now() + opts.timeoutMs;
+    for (;;) {
+      opts.signal?.throwIfAborted();
+      if (await this.serves(apiVersion, kind)) return;
+      if (performance.now() > deadline) throw new Error(`${apiVersion} ${kind} is not served by the API server ${Math.round(opts.timeoutMs / 1000)} s after its CRD became Established`);
+      await sleep(250, opts.signal ?? new AbortController().signal);
+    }
+  }
+
+  // ---- reads ------------------------------------------------------------------------------
+
+  /** GET /readyz; ready=false while the apiserver is starting or unreachable. Bad credentials throw. */
+  async readyzStatus(signal?: AbortSignal): Promise<ReadyzStatus> {
+    let res: RawResponse;
+    try {
+      res = await this.#request('GET', '/readyz', { signal, timeoutMs: 5000 });
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      if (e instanceof TransientError) {
+        const code = ((e.cause as NodeJS.ErrnoException | undefined)?.code ?? '').toString();
+        return { ready: false, detail: code === 'ECONNREFUSED' ? 'connection refused' : `unreachable (${code || e.message})` };
+      }
+      throw e;
+    }
+    if (res.status === 200) return { ready: true, detail: 'ok' };
+    if (res.status === 401 || res.status === 403) {
+      throw new KubeApiError(`GET /readyz at ${this.server}: HTTP ${res.status}: the kubeconfig ${this.kubeconfigPath} credentials are not accepted`, res.status);
+    }
+    const failing = res.text
+      .split('\n')
+      .filter((l) => l.startsWith('[-]'))
+      .slice(0, 3)
+      .join('; ');
+    return { ready: false, detail: `HTTP ${res.status}${failing ? `: ${failing}` : ''}` };
+  }
+
   /** GET /readyz; false while the apiserver is starting or unreachable. */
-  async readyz(_signal?: AbortSignal): Promise<boolean> {
-    throw new Error('not implemented');
+  async readyz(signal?: AbortSignal): Promise<boolean> {
+    return (await this.readyzStatus(signal)).ready;
   }
-  async get(_apiVersion: string, _kind: string, _name: string, _namespace?: string): Promise<KubeObject | undefined> {
-    throw new Error('not implemented');
+
+  /** The object, or undefined when it (or its kind) does not exist. */
+  async get(apiVersion: string, kind: string, name: string, namespace?: string): Promise<KubeObject | undefined> {
+    const r = await this.#resourceFor(apiVersion, kind);
+    if (!r) return undefined;
+    const res = await this.#request('GET', KubeClient.#path(apiVersion, r, namespace, name));
+    if (res.status === 404) return undefined;
+    if (res.status !== 200) throw this.#fail(res, `get ${objectRef(apiVersion, kind, name, namespace)}`);
+    return JSON.parse(res.text) as KubeObject;
   }
-  async list(_apiVersion: string, _kind: string, _opts?: { namespace?: string; labelSelector?: string }): Promise<KubeObject[]> {
-    throw new Error('not implemented');
+
+  /** All objects of a kind (in one namespace or all), following pagination; [] when the kind is not served. */
+  async list(apiVersion: string, kind: string, opts: { namespace?: string; labelSelector?: string } = {}): Promise<KubeObject[]> {
+    const r = await this.#resourceFor(apiVersion, kind);
+    if (!r) return [];
+    const items: KubeObject[] = [];
+    let cont: string | undefined;
+    do {
+      const q = new URLSearchParams({ limit: '500' });
+      if (opts.labelSelector) q.set('labelSelector', opts.labelSelector);
+      if (cont) q.set('continue', cont);
+      const res = await this.#request('GET', `${KubeClient.#path(apiVersion, r, opts.namespace)}?${q}`);
+      if (res.status !== 200) throw this.#fail(res, `list ${objectRef(apiVersion, kind)}${opts.labelSelector ? ` (${opts.labelSelector})` : ''}`);
+      const body = JSON.parse(res.text) as { items?: KubeObject[]; metadata?: { continue?: string } };
+      // List items carry no apiVersion/kind; callers compare whole objects, so put them back.
+      for (const it of body.items ?? []) items.push({ ...it, apiVersion, kind });
+      cont = body.metadata?.continue || undefined;
+    } while (cont);
+    return items;
   }
-  /** Server-side apply. */
-  async apply(_obj: KubeObject, _opts?: ApplyOptions): Promise<KubeObject> {
-    throw new Error('not implemented');
+
+  // ---- writes -----------------------------------------------------------------------------
+
+  /** Server-side apply with FIELD_MANAGER; returns the object as the server holds (or, dry-run, would hold) it. */
+  async apply(obj: KubeObject, opts: ApplyOptions = {}): Promise<KubeObject> {
+    const { apiVersion, kind } = obj;
+    const { name, namespace } = obj.metadata;
+    const ref = objectRef(apiVersion, kind, name, namespace);
+    const r = await this.#resourceFor(apiVersion, kind);
+    if (!r) throw new KubeApiError(`apply ${ref}: the API server does not serve ${apiVersion} ${kind} (is its CRD installed and Established?)`, 404, 'NotFound');
+    if (r.namespaced && !namespace) throw new Error(`apply ${ref}: ${kind} is namespaced; metadata.namespace is required`);
+    const q = new URLSearchParams({ fieldManager: FIELD_MANAGER });
+    if (opts.force) q.set('force', 'true');
+    if (opts.dryRun) q.set('dryRun', 'All');
+    const res = await this.#request('PATCH', `${KubeClient.#path(apiVersion, r, namespace, name)}?${q}`, {
+      body: JSON.stringify(obj),
+      contentType: 'application/apply-patch+yaml',
+    });
+    if (res.status !== 200 && res.status !== 201) throw this.#fail(res, `apply ${ref}${opts.dryRun ? ' (dry run)' : ''}`, kind === 'Secret' ? secretScrubber(obj) : undefined);
+    this.log.debug({ ref, dryRun: Boolean(opts.dryRun) }, 'applied');
+    return JSON.parse(res.text) as KubeObject;
   }
-  async delete(_apiVersion: string, _kind: string, _name: string, _namespace?: string): Promise<void> {
-    throw new Error('not implemented');
+
+  /** Deletes the object; one that is already gone is fine. */
+  async delete(apiVersion: string, kind: string, name: string, namespace?: string): Promise<void> {
+    const ref = objectRef(apiVersion, kind, name, namespace);
+    const r = await this.#resourceFor(apiVersion, kind);
+    if (!r) return;
+    const res = await this.#request('DELETE', KubeClient.#path(apiVersion, r, namespace, name), {
+      body: JSON.stringify({ kind: 'DeleteOptions', apiVersion: 'v1', propagationPolicy: 'Background' }),
+    });
+    if (res.status === 404) return;
+    if (res.status !== 200 && res.status !== 202) throw this.#fail(res, `delete ${ref}`);
   }
+
+  /** Creates the namespace (labelled as owned) unless it exists; true when it was created. */
+  async ensureNamespace(name: string, signal?: AbortSignal): Promise<boolean> {
+    signal?.throwIfAborted();
+    if (await this.get('v1', 'Namespace', name)) return false;
+    await this.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name, labels: { ...OWNER_LABEL } } });
+    return true;
+  }
+
+  // ---- watch ------------------------------------------------------------------------------
+
+  /**
+   * Resolves once every named CRD is Established, watching them (one watch per name, which
+   * starts with the current state). Bounded by `timeoutMs` and `signal`; the error names the
+   * CRDs still missing and how far each got.
+   */
+  async waitCrdsEstablished(names: readonly string[], opts: WaitCrdsOptions): Promise<void> {
+    const state = new Map<string, string>(names.map((n) => [n, 'not found']));
+    const pending = () => names.filter((n) => state.get(n) !== 'Established');
+    const describe = () =>
+      pending()
+        .map((n) => `${n} (${state.get(n)})`)
+        .join(', ');
+    let lastProgress = '';
+    const progress = () => {
+      const p = pending();
+      const text = p.length ? `waiting for CRD${p.length > 1 ? 's' : ''} ${p.join(', ')} to be Established` : 'CRDs Established';
+      if (text !== lastProgress) {
+        lastProgress = text;
+        opts.onProgress?.(text);
+      }
+    };
+    progress();
+    if (pending().length === 0) return;
+
+    const stop = new AbortController();
+    const deadline = performance.now() + opts.timeoutMs;
+    const timer = setTimeout(() => stop.abort(new Error('deadline')), opts.timeoutMs);
+    const onAbort = () => stop.abort(opts.signal?.reason);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    if (opts.signal?.aborted) onAbort();
+
+    const watchOne = async (name: string): Promise<void> => {
+      while (!stop.signal.aborted && state.get(name) !== 'Established') {
+        const left = Math.max(1, Math.ceil((deadline - performance.now()) / 1000));
+        const q = new URLSearchParams({ fieldSelector: `metadata.name=${name}`, timeoutSeconds: String(Math.min(left, 300)) });
+        const opened = performance.now();
+        try {
+          await this.#watch(`/apis/apiextensions.k8s.io/v1/customresourcedefinitions?${q}`, stop.signal, (type, obj) => {
+            if (type === 'ERROR') return false; // e.g. 410 Gone: start over with a fresh watch
+            const s = type === 'DELETED' ? { established: false, detail: 'not found (deleted)' } : crdEstablished(obj);
+            state.set(name, s.detail);
+            progress();
+            return !s.established;
+          });
+          // A watch the server ends at once (an ERROR event, a proxy cutting streams) must not
+          // turn into a tight reconnect loop.
+          if (state.get(name) !== 'Established' && performance.now() - opened < 1000) await sleep(500, stop.signal);
+        } catch (e) {
+          if (stop.signal.aborted) return;
+          if (!(e instanceof TransientError)) throw e;
+          this.log.debug({ crd: name, err: e.message }, 'CRD watch interrupted; reconnecting');
+          await sleep(Math.min(1000, Math.max(0, deadline - performance.now())), stop.signal);
+        }
+      }
+    };
+
+    try {
+      await Promise.all(names.map(watchOne));
+    } finally {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
+      stop.abort(new Error('done'));
+    }
+    const missing = pending();
+    if (missing.length === 0) return;
+    const why = opts.signal?.aborted ? 'the step was cancelled (its timeout ran out)' : `gave up after ${Math.round(opts.timeoutMs / 1000)} s`;
+    throw new CrdWaitError(`CRD${missing.length > 1 ? 's' : ''} not Established: ${describe()}; ${why}`, missing);
+  }
+
+  /**
+   * One watch request: calls `onEvent` per event until it returns false, the server ends the
+   * watch (timeoutSeconds), or `signal` aborts. Resolves in all three cases.
+   */
+  async #watch(pathAndQuery: string, signal: AbortSignal, onEvent: (type: string, obj: KubeObject) => boolean): Promise<void> {
+    const conn = await this.#connection();
+    const headers = await this.#headers();
+    const sep = pathAndQuery.includes('?') ? '&' : '?';
+    const url = new URL(`${pathAndQuery}${sep}watch=true`, conn.server);
+    await new Promise<void>((resolve, reject) => {
+      if (signal.aborted) return resolve();
+      const req = conn.request(url, { method: 'GET', headers, agent: conn.agent }, (res) => {
+        if (res.statusCode !== 200) {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => reject(this.#fail({ status: res.statusCode ?? 0, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }, `watch ${url.pathname}`)));
+          return;
+        }
+        let buf = '';
+        let finished = false;
+        const finish = () => {
+          if (finished) return;
+          finished = true;
+          signal.removeEventListener('abort', onAbort);
+          req.destroy();
+          resolve();
+        };
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          buf += chunk;
+          for (let nl = buf.indexOf('\n'); nl >= 0 && !finished; nl = buf.indexOf('\n')) {
+            const line = buf.slice(0, nl).trim();
+            buf = buf.slice(nl + 1);
+            if (!line) continue;
+            let ev: { type?: string; object?: KubeObject };
+            try {
+              ev = JSON.parse(line) as typeof ev;
+            } catch {
+              continue;
+            }
+            if (!onEvent(ev.type ?? '', ev.object as KubeObject)) finish();
+          }
+        });
+        res.on('end', finish);
+        res.on('close', finish);
+        res.on('error', finish);
+      });
+      const onAbort = () => {
+        req.destroy();
+        resolve();
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      req.on('error', (e) => {
+        signal.removeEventListener('abort', onAbort);
+        if (signal.aborted) resolve();
+        else reject(this.#transportError('GET', url.pathname, e, undefined));
+      });
+      req.end();
+    });
+  }
+
+  /** Closes idle keep-alive connections (tests; a daemon run ends with the process). */
+  close(): void {
+    this.#conn?.agent.destroy();
+    this.#conn = undefined;
+  }
+}
+
+function fileOrData(file: string | undefined, data: string | undefined): Buffer | undefined {
+  if (file) return readFileSync(file);
+  if (data) return Buffer.from(data, 'base64');
+  return undefined;
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const t = setTimeout(done, ms);
+    function done() {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
+/** An apiserver message about a Secret could echo a value; cut every value (and its base64) out. */
+function secretScrubber(obj: KubeObject): (s: string) => string {
+  const values: string[] = [];
+  for (const field of ['data', 'stringData'] as const) {
+    for (const v of Object.values((obj[field] as Record<string, string> | undefined) ?? {})) {
+      if (typeof v !== 'string' || v.length < 4) continue;
+      values.push(v);
+      if (field === 'data') values.push(Buffer.from(v, 'base64').toString('utf8'));
+      else values.push(Buffer.from(v).toString('base64'));
+    }
+  }
+  return (s) => values.reduce((acc, v) => (v && acc.includes(v) ? acc.split(v).join('[redacted]') : acc), s);
+}
+
+// ---- pure comparison of a desired object with the server's copy --------------------------
+
+type FieldsV1 = { [k: string]: FieldsV1 };
+
+/** Leaf field paths (as key lists) in a managedFields fieldsV1 set; a keyed list counts as one field. */
+function ownedLeaves(fs: FieldsV1, prefix: string[] = []): string[][] {
+  const keys = Object.keys(fs).filter((k) => k !== '.');
+  if (keys.length === 0) return [prefix];
+  if (keys.some((k) => !k.startsWith('f:'))) return [prefix];
+  return keys.flatMap((k) => ownedLeaves(fs[k] ?? {}, [...prefix, k.slice(2)]));
+}
+
+function lookup(root: unknown, keys: readonly string[]): { found: boolean; value: unknown } {
+  let cur: unknown = root;
+  for (const k of keys) {
+    if (cur === null || typeof cur !== 'object' || Array.isArray(cur)) return { found: true, value: cur }; // inside a value we set whole
+    if (!(k in (cur as Record<string, unknown>))) return { found: false, value: undefined };
+    cur = (cur as Record<string, unknown>)[k];
+  }
+  return { found: true, value: cur };
+}
+
+/**
+ * What a server-side apply of `want` would change on `have`: fields `want` sets to another value,
+ * plus fields FIELD_MANAGER applied before that `want` no longer names (SSA removes those).
+ * Fields the server defaulted or other managers own are not differences. [] = nothing to write.
+ * `redact` hides values at matching paths (e.g. Secret data).
+ */
+export function applyDiff(want: KubeObject, have: KubeObject | undefined, opts: { redact?: (path: string) => boolean } = {}): FieldDiff[] {
+  const { apiVersion: _a, kind: _k, ...desired } = want;
+  const diffOpts = { onlyFieldsOfTo: true, ...(opts.redact ? { redact: opts.redact } : {}) };
+  // A new object reads as its top-level fields, each added.
+  if (!have) return diffObjects({}, desired, diffOpts);
+  const out = diffObjects(have, desired, diffOpts);
+  const managed = (have.metadata.managedFields as { manager?: string; operation?: string; fieldsV1?: FieldsV1 }[] | undefined) ?? [];
+  for (const entry of managed) {
+    if (entry.manager !== FIELD_MANAGER || entry.operation !== 'Apply' || !entry.fieldsV1) continue;
+    for (const keys of ownedLeaves(entry.fieldsV1)) {
+      if (keys.length === 0 || lookup(desired, keys).found) continue;
+      const path = keys.reduce<string>((p, k) => childPath(p, k), '$');
+      if (out.some((d) => d.path === path)) continue;
+      const from = lookup(have, keys);
+      out.push(opts.redact?.(path) ? { path, from: '[redacted]' } : { path, from: from.value });
+    }
+  }
+  return out;
 }
