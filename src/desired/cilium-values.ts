@@ -51,8 +51,10 @@ export function generatedCiliumValues(settings: Settings): JsonObject {
     // The default cluster-pool (10.0.0.0/8) overlaps k3s' service CIDR 10.43.0.0/16; use the
     // podCIDRs k3s assigns to nodes instead.
     ipam: { mode: 'kubernetes' },
-    // One node: a second replica would stay Pending forever.
-    operator: { replicas: 1 },
+    // One node: a second replica would stay Pending forever. The metrics ports (agent and
+    // operator) are what the GitOps tree's PodMonitors scrape, once kube-prometheus-stack exists.
+    operator: { replicas: 1, prometheus: { enabled: true } },
+    prometheus: { enabled: true },
     l2announcements: { enabled: true },
     ingressController: {
       enabled: true,

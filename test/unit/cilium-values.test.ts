@@ -108,3 +108,11 @@ test('the values are plain JSON (what helm stores and `helm get values` returns)
   const v = values();
   assert.deepEqual(JSON.parse(JSON.stringify(v)), v);
 });
+
+test('agent and operator expose metrics for the GitOps tree PodMonitors, without ServiceMonitors', () => {
+  const v = values();
+  assert.equal(v.prometheus.enabled, true);
+  assert.equal(v.operator.prometheus.enabled, true);
+  assert.equal(v.prometheus.serviceMonitor, undefined);
+  assert.equal(v.operator.prometheus.serviceMonitor, undefined);
+});

@@ -1,0 +1,866 @@
+// The GitOps tree under manifests/argocd-homelab, checked as files: no binaries, no cluster. The
+// integration suite (manifests-dryrun.test.ts) builds the same directories with kubectl kustomize
+// and ksops and dry-runs them against a real apiserver.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseAllDocuments, parse as parseYaml } from 'yaml';
+import { loadSettings } from '../../src/settings/load.ts';
+import { DEFAULTS } from '../../src/settings/schema.ts';
+import { fqdn, ipToInt } from '../../src/settings/names.ts';
+
+// Kubernetes objects are open-ended JSON; the tests check shapes field by field.
+type Obj = any;
+
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const tree = join(repoRoot, 'manifests', 'argocd-homelab');
+const settingsFile = join(repoRoot, 'examples', 'homelab.json');
+const settings = loadSettings(settingsFile);
+const testKeyFile = join(repoRoot, 'test', 'fixtures', 'age', 'test-key.txt');
+
+/** Files that configure Kustomize or SOPS rather than being resources of the app. */
+const NOT_RESOURCES = new Set(['kustomization.yaml', 'ksops-generator.yaml', 'README.md']);
+
+interface AppDir {
+  group: string;
+  name: string;
+  dir: string;
+  kustomization: Obj;
+  /** Every object of the resource files, as written (before Kustomize sets namespaces and labels). */
+  objects: Obj[];
+}
+
+function readDocs(file: string): Obj[] {
+  const docs = parseAllDocuments(readFileSync(file, 'utf8'));
+  for (const d of docs) if (d.errors.length > 0) throw new Error(`${file}: ${d.errors[0]?.message}`);
+  return docs.map((d) => d.toJS()).filter((o) => o !== null && o !== undefined);
+}
+
+function walk(dir: string): string[] {
+  return readdirSync(dir).flatMap((n) => {
+    const p = join(dir, n);
+    return statSync(p).isDirectory() ? walk(p) : [p];
+  });
+}
+
+function appDirs(): AppDir[] {
+  return settings.gitops.groups.flatMap((group) => {
+    const gdir = join(tree, group);
+    if (!existsSync(gdir)) return [];
+    return readdirSync(gdir)
+      .filter((n) => statSync(join(gdir, n)).isDirectory())
+      .map((name) => {
+        const dir = join(gdir, name);
+        const kfile = join(dir, 'kustomization.yaml');
+        const kustomization = existsSync(kfile) ? parseYaml(readFileSync(kfile, 'utf8')) : undefined;
+        const resources: string[] = kustomization?.resources ?? [];
+        const objects = resources.flatMap((r) => readDocs(join(dir, r)));
+        return { group, name, dir, kustomization, objects };
+      });
+  });
+}
+
+const apps = appDirs();
+const app = (name: string): AppDir => {
+  const a = apps.find((x) => x.name === name);
+  assert.ok(a, `app directory ${name} is missing`);
+  return a;
+};
+const allObjects = (): Obj[] => apps.flatMap((a) => a.objects);
+const ofKind = (a: AppDir, kind: string): Obj[] => a.objects.filter((o) => o.kind === kind);
+const one = (a: AppDir, kind: string, name?: string): Obj => {
+  const found = ofKind(a, kind).filter((o) => name === undefined || o.metadata?.name === name);
+  assert.equal(found.length, 1, `${a.name}: expected one ${kind}${name ? ` ${name}` : ''}, found ${found.length}`);
+  return found[0];
+};
+const podSpecs = (objs: Obj[]): { owner: Obj; spec: Obj }[] =>
+  objs.filter((o) => ['Deployment', 'StatefulSet', 'DaemonSet'].includes(o.kind)).map((o) => ({ owner: o, spec: o.spec.template.spec }));
+const containersOf = (spec: Obj): Obj[] => [...(spec.initContainers ?? []), ...(spec.containers ?? [])];
+const envOf = (c: Obj): Record<string, string> =>
+  Object.fromEntries((c.env ?? []).filter((e: Obj) => typeof e.value === 'string').map((e: Obj) => [e.name, e.value]));
+
+// ---- policy helpers (the integration suite re-checks the built output with its own copy) ----
+
+const FLOATING_TAGS = /^(latest|stable|main|master|develop|dev|edge|nightly|release|rolling|beta|alpha|canary)$/i;
+/** A pinned image has a digest, or a tag that names a version (has a digit) and is no moving alias. */
+function imagePinProblem(image: string): string | undefined {
+  if (/@sha256:[0-9a-f]{64}$/.test(image)) return undefined;
+  const lastSlash = image.lastIndexOf('/');
+  const colon = image.indexOf(':', lastSlash + 1);
+  if (colon < 0) return `${image}: no tag (means latest)`;
+  const tag = image.slice(colon + 1);
+  if (FLOATING_TAGS.test(tag) || /(^|[-.])latest([-.]|$)/i.test(tag)) return `${image}: floating tag ${tag}`;
+  if (!/^v?\d+(\.\d+)*([-.+_][0-9A-Za-z.-]+)?$/.test(tag)) return `${image}: tag ${tag} is not a version`;
+  return undefined;
+}
+
+function cidrContains(cidr: string, ip: string): boolean {
+  const [net, bits] = cidr.split('/');
+  const n = Number(bits);
+  const mask = n === 0 ? 0 : (0xffffffff << (32 - n)) >>> 0;
+  return ((ipToInt(net ?? '') & mask) >>> 0) === ((ipToInt(ip) & mask) >>> 0);
+}
+
+/** Which volume, mount and host path serve `path` inside container `c` (the longest mountPath wins, as in the kubelet). */
+function resolvePath(spec: Obj, c: Obj, path: string): { mount: Obj; volume: Obj; hostPath?: string } | undefined {
+  const mounts: Obj[] = (c.volumeMounts ?? []).filter((m: Obj) => path === m.mountPath || path.startsWith(`${m.mountPath.replace(/\/$/, '')}/`));
+  mounts.sort((a, b) => b.mountPath.length - a.mountPath.length);
+  const mount = mounts[0];
+  if (!mount) return undefined;
+  const volume = (spec.volumes ?? []).find((v: Obj) => v.name === mount.name);
+  const rest = path.slice(mount.mountPath.length);
+  const hostPath = volume?.hostPath ? `${volume.hostPath.path.replace(/\/$/, '')}${rest}` : undefined;
+  return { mount, volume, hostPath };
+}
+
+function labelsMatch(selector: Record<string, string>, labels: Record<string, string> | undefined): boolean {
+  return Object.entries(selector).every(([k, v]) => labels?.[k] === v);
+}
+
+// ---- the tree ----
+
+describe('tree layout', () => {
+  it('has appsets.yaml and the groups with the apps the issue names', () => {
+    assert.ok(existsSync(join(tree, 'appsets.yaml')));
+    const have = apps.map((a) => `${a.group}/${a.name}`).sort();
+    for (const want of [
+      'infra/cloudflared',
+      'infra/monitoring',
+      'apps/echo-server',
+      'media/plex',
+      'media/sonarr',
+      'media/radarr',
+      'media/prowlarr',
+      'media/overseerr',
+      'media/transmission',
+    ]) {
+      assert.ok(have.includes(want), `missing ${want}; have ${have.join(', ')}`);
+    }
+  });
+
+  it('every app directory is a self-contained Kustomization whose files are all used', () => {
+    for (const a of apps) {
+      assert.ok(a.kustomization, `${a.group}/${a.name}: no kustomization.yaml`);
+      assert.equal(a.kustomization.kind, 'Kustomization');
+      const listed = new Set<string>([...(a.kustomization.resources ?? []), ...(a.kustomization.generators ?? [])]);
+      for (const r of listed) {
+        assert.ok(!r.includes('..') && !r.startsWith('/'), `${a.name}: ${r} reaches outside the app directory`);
+        assert.ok(existsSync(join(a.dir, r)), `${a.name}: ${r} is listed but missing`);
+      }
+      const files = readdirSync(a.dir).filter((f) => !NOT_RESOURCES.has(f) && !f.endsWith('.enc.yaml'));
+      for (const f of files) assert.ok(listed.has(f), `${a.name}: ${f} is not listed in kustomization.yaml (dead file?)`);
+      assert.ok(a.objects.length > 0, `${a.name}: no objects`);
+    }
+  });
+
+  it('app names are unique across groups (each becomes an Application and a namespace of that name)', () => {
+    const names = apps.map((a) => a.name);
+    assert.deepEqual([...new Set(names)].sort(), names.slice().sort());
+    for (const n of names) assert.match(n, /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/);
+  });
+
+  it('namespaces match the directory name the root ApplicationSet deploys to', () => {
+    for (const a of apps) {
+      if (a.name === 'monitoring') continue; // checked below: it spans argocd and monitoring
+      assert.equal(a.kustomization.namespace, a.name, `${a.name}: kustomization namespace`);
+      for (const o of a.objects) {
+        assert.ok(o.metadata.namespace === undefined || o.metadata.namespace === a.name, `${a.name}: ${o.kind} ${o.metadata.name} in ${o.metadata.namespace}`);
+      }
+    }
+    const mon = app('monitoring');
+    assert.equal(mon.kustomization.namespace, undefined, 'a kustomize namespace would move the child Application out of argocd');
+    for (const o of mon.objects) {
+      const want = o.kind === 'Application' ? 'argocd' : 'monitoring';
+      assert.equal(o.metadata.namespace, want, `monitoring: ${o.kind} ${o.metadata.name}`);
+    }
+  });
+
+  it('uses no Bitnami or k8s-at-home images or charts', () => {
+    const text = walk(tree).filter((f) => f.endsWith('.yaml')).map((f) => readFileSync(f, 'utf8')).join('\n');
+    assert.doesNotMatch(text, /bitnami|k8s-at-home/i);
+  });
+});
+
+describe('root ApplicationSet (appsets.yaml)', () => {
+  const docs = readDocs(join(tree, 'appsets.yaml'));
+  const appset = docs[0];
+
+  it('is one ApplicationSet in argocd with goTemplate and missingkey=error', () => {
+    assert.equal(docs.length, 1);
+    assert.equal(appset.apiVersion, 'argoproj.io/v1alpha1');
+    assert.equal(appset.kind, 'ApplicationSet');
+    assert.equal(appset.metadata.namespace, 'argocd');
+    assert.equal(appset.spec.goTemplate, true);
+    assert.deepEqual(appset.spec.goTemplateOptions, ['missingkey=error']);
+    assert.equal(appset.spec.syncPolicy.preserveResourcesOnDeletion, true);
+  });
+
+  it('discovers <path>/<group>/* for every group in the settings, from the settings repo and revision', () => {
+    const { repoURL, revision, path, groups } = settings.gitops;
+    assert.equal(path, relative(repoRoot, tree), 'settings.gitops.path must point at this tree');
+    const gens = appset.spec.generators;
+    assert.equal(gens.length, 1);
+    assert.equal(gens[0].git.repoURL, repoURL);
+    assert.equal(gens[0].git.revision, revision);
+    assert.deepEqual(gens[0].git.directories.map((d: Obj) => d.path), groups.map((g) => `${path}/${g}/*`));
+    const t = appset.spec.template;
+    assert.equal(t.spec.source.repoURL, repoURL);
+    assert.equal(t.spec.source.targetRevision, revision);
+  });
+
+  it('names each Application and its namespace after the directory, syncing automatically with SSA', () => {
+    const t = appset.spec.template;
+    assert.equal(t.metadata.name, '{{.path.basename}}');
+    assert.equal(t.spec.source.path, '{{.path.path}}');
+    assert.equal(t.spec.destination.namespace, '{{.path.basename}}');
+    assert.equal(t.spec.destination.server, 'https://kubernetes.default.svc');
+    assert.deepEqual(t.spec.syncPolicy.automated, { prune: true, selfHeal: true });
+    assert.ok(t.spec.syncPolicy.syncOptions.includes('CreateNamespace=true'));
+    assert.ok(t.spec.syncPolicy.syncOptions.includes('ServerSideApply=true'));
+  });
+
+  it('is exactly what the daemon applies for examples/homelab.json', async () => {
+    // Imported lazily so a broken daemon module fails this test only.
+    const { desiredAppSet } = await import('../../src/desired/appset.ts');
+    assert.deepEqual(appset, desiredAppSet(settings));
+  });
+});
+
+// ---- hostnames: one source, the settings ----
+
+describe('hostnames agree with the DNS records the daemon renders from settings', () => {
+  const ingressHosts = (): { host: string; where: string; serviceName: string; namespace: string }[] => {
+    const out: { host: string; where: string; serviceName: string; namespace: string }[] = [];
+    for (const a of apps) {
+      for (const ing of ofKind(a, 'Ingress')) {
+        for (const r of ing.spec.rules) {
+          for (const p of r.http.paths) out.push({ host: r.host, where: `${a.name}/Ingress ${ing.metadata.name}`, serviceName: p.backend.service.name, namespace: a.name });
+        }
+      }
+    }
+    const grafana = monitoringValues().grafana.ingress;
+    for (const h of grafana.hosts) out.push({ host: h, where: 'monitoring/grafana values', serviceName: 'kube-prometheus-stack-grafana', namespace: 'monitoring' });
+    return out;
+  };
+
+  // Imported lazily so a missing or broken render fails these tests, not the whole file.
+  const rendered = async () => {
+    const { render } = await import('../../src/render.ts');
+    const r = render(settings);
+    assert.ok(r.dns, 'render(settings).dns is empty; the example settings have a cloudflare block');
+    return r;
+  };
+
+  it('every Ingress host (and Grafana) has a DNS record that leads to the shared Cilium ingress', async () => {
+    const r = await rendered();
+    const records = new Map(r.dns!.records.map((rec) => [rec.name, rec]));
+    const hosts = ingressHosts();
+    assert.ok(hosts.length >= 7, `only ${hosts.length} ingress hosts found`);
+    for (const h of hosts) {
+      assert.equal(h.host, h.host.toLowerCase(), `${h.where}: host must be lowercase like the DNS names`);
+      const rec = records.get(h.host);
+      assert.ok(rec, `${h.where}: host ${h.host} has no DNS record; hosts in settings: ${[...records.keys()].join(', ')}`);
+      if (rec.type === 'A') {
+        assert.equal(rec.content, settings.network.ingressIP, `${h.where}: ${h.host} is an A record to ${rec.content}, not the ingress VIP`);
+      } else {
+        const rule = r.tunnel?.ingress.find((t) => t.hostname === h.host);
+        assert.ok(rule, `${h.where}: ${h.host} is a CNAME but has no tunnel rule`);
+        assert.equal(rule.service, DEFAULTS.ingressService, `${h.where}: the tunnel sends ${h.host} elsewhere than the Cilium ingress`);
+      }
+    }
+  });
+
+  it('every rendered record is served: an Ingress for the ingress VIP and the tunnel, a LoadBalancer Service for its own IP', async () => {
+    const r = await rendered();
+    const hosts = new Set(ingressHosts().map((h) => h.host));
+    const argocdHost = fqdn(settings.argocd.hostname, settings.domain); // the daemon's Argo CD chart owns that Ingress
+    const lbServices = allObjects().filter((o) => o.kind === 'Service' && o.spec?.type === 'LoadBalancer');
+    for (const rec of r.dns!.records) {
+      if (rec.name === argocdHost) continue;
+      const viaIngress = rec.type === 'CNAME' || rec.content === settings.network.ingressIP;
+      if (viaIngress) {
+        assert.ok(hosts.has(rec.name), `DNS record ${rec.name} (${rec.type} ${rec.content}) has no Ingress with that host`);
+      } else {
+        const svc = lbServices.find((s) => s.metadata.annotations?.['lbipam.cilium.io/ips'] === rec.content);
+        assert.ok(svc, `DNS record ${rec.name} -> ${rec.content}: no LoadBalancer Service pinned to that IP with lbipam.cilium.io/ips`);
+      }
+    }
+  });
+
+  it('Ingresses use the cilium class and point at a Service port that exists', () => {
+    for (const a of apps) {
+      for (const ing of ofKind(a, 'Ingress')) {
+        assert.equal(ing.spec.ingressClassName, 'cilium', `${a.name}/${ing.metadata.name}`);
+        for (const rule of ing.spec.rules) {
+          for (const p of rule.http.paths) {
+            const svc = one(a, 'Service', p.backend.service.name);
+            const port = p.backend.service.port;
+            assert.ok(
+              svc.spec.ports.some((sp: Obj) => (port.name !== undefined ? sp.name === port.name : sp.port === port.number)),
+              `${a.name}: Ingress ${ing.metadata.name} points at port ${JSON.stringify(port)} which Service ${svc.metadata.name} lacks`,
+            );
+          }
+        }
+      }
+    }
+  });
+});
+
+// ---- policies over every workload ----
+
+describe('workload policies', () => {
+  const workloads = () => apps.flatMap((a) => podSpecs(a.objects).map((p) => ({ app: a, ...p })));
+
+  it('finds the workloads (a test over nothing proves nothing)', () => {
+    assert.ok(workloads().length >= 8);
+  });
+
+  it('every image is pinned to a version', () => {
+    for (const w of workloads()) {
+      for (const c of containersOf(w.spec)) {
+        assert.equal(imagePinProblem(c.image), undefined, `${w.app.name}/${c.name}: ${imagePinProblem(c.image)}`);
+      }
+    }
+  });
+
+  it('the pin check itself rejects floating and missing tags', () => {
+    for (const bad of ['nginx', 'nginx:latest', 'ghcr.io/a/b:main', 'lscr.io/linuxserver/sonarr:develop', 'localhost:5000/x', 'x:version-latest']) {
+      assert.notEqual(imagePinProblem(bad), undefined, bad);
+    }
+    for (const good of ['busybox:1.37.0', 'mendhak/http-https-echo:37', 'localhost:5000/x:1.2.3', 'x/y@sha256:' + 'a'.repeat(64), 'x:v1.2.3-ls12']) {
+      assert.equal(imagePinProblem(good), undefined, good);
+    }
+  });
+
+  it('every container, init containers included, requests CPU and memory', () => {
+    for (const w of workloads()) {
+      for (const c of containersOf(w.spec)) {
+        assert.ok(c.resources?.requests?.cpu, `${w.app.name}/${c.name}: no cpu request`);
+        assert.ok(c.resources?.requests?.memory, `${w.app.name}/${c.name}: no memory request`);
+      }
+    }
+  });
+
+  it('every container that serves a port has readiness and liveness probes on a declared port', () => {
+    for (const w of workloads()) {
+      for (const c of w.spec.containers) {
+        if (!c.ports?.length) continue;
+        for (const kind of ['readinessProbe', 'livenessProbe'] as const) {
+          assert.ok(c[kind], `${w.app.name}/${c.name}: no ${kind}`);
+        }
+        for (const kind of ['readinessProbe', 'livenessProbe', 'startupProbe'] as const) {
+          const port = c[kind]?.httpGet?.port;
+          if (port === undefined) continue;
+          assert.ok(
+            c.ports.some((p: Obj) => p.name === port || p.containerPort === port),
+            `${w.app.name}/${c.name}: ${kind} uses port ${port}, which the container does not declare`,
+          );
+        }
+      }
+    }
+  });
+
+  it('every Service selects a workload and targets a port its containers declare', () => {
+    for (const a of apps) {
+      for (const svc of ofKind(a, 'Service')) {
+        const targets = podSpecs(a.objects).filter((p) => labelsMatch(svc.spec.selector, p.owner.spec.template.metadata.labels));
+        assert.equal(targets.length, 1, `${a.name}: Service ${svc.metadata.name} selects ${targets.length} workloads`);
+        const ports = targets[0]!.spec.containers.flatMap((c: Obj) => c.ports ?? []);
+        for (const sp of svc.spec.ports) {
+          assert.ok(
+            ports.some((p: Obj) => p.name === sp.targetPort || p.containerPort === sp.targetPort),
+            `${a.name}: Service ${svc.metadata.name} targets ${sp.targetPort}, not a container port`,
+          );
+        }
+      }
+    }
+  });
+
+  it('every Deployment selector matches its pod labels', () => {
+    for (const w of workloads()) {
+      assert.ok(labelsMatch(w.owner.spec.selector.matchLabels, w.owner.spec.template.metadata.labels), `${w.app.name}/${w.owner.metadata.name}`);
+    }
+  });
+
+  it('config lives on a local-path PVC of the same app that Argo CD never deletes', () => {
+    for (const w of workloads()) {
+      for (const v of w.spec.volumes ?? []) {
+        if (!v.persistentVolumeClaim) continue;
+        const pvc = one(w.app, 'PersistentVolumeClaim', v.persistentVolumeClaim.claimName);
+        assert.equal(pvc.spec.storageClassName, 'local-path', `${w.app.name}/${pvc.metadata.name}`);
+        assert.match(pvc.metadata.annotations?.['argocd.argoproj.io/sync-options'] ?? '', /Delete=false/, `${w.app.name}/${pvc.metadata.name}`);
+      }
+    }
+    for (const name of ['plex', 'sonarr', 'radarr', 'prowlarr', 'overseerr', 'transmission']) {
+      const a = app(name);
+      const c = podSpecs(a.objects)[0]!;
+      const main = c.spec.containers[0];
+      const config = resolvePath(c.spec, main, '/config');
+      assert.ok(config?.volume?.persistentVolumeClaim, `${name}: /config is not on a PVC`);
+      // SQLite on ReadWriteOnce: a rolling update would run two pods against one database.
+      assert.equal(c.owner.spec.strategy?.type, 'Recreate', `${name}: strategy`);
+    }
+  });
+
+  it('no plaintext Secret anywhere in the tree; every *.enc.yaml is SOPS-encrypted', () => {
+    const files = walk(tree).filter((f) => /\.(ya?ml|json)$/.test(f));
+    const encFiles = files.filter((f) => /\.enc\.(yaml|json)$/.test(f));
+    assert.ok(encFiles.length >= 2, `expected encrypted secrets for transmission and monitoring, found ${encFiles.length}`);
+    for (const f of files) {
+      const docs = f.endsWith('.json') ? [JSON.parse(readFileSync(f, 'utf8'))] : readDocs(f);
+      for (const d of docs) {
+        if (d?.kind === 'Secret') assert.ok(encFiles.includes(f), `${relative(repoRoot, f)}: a Secret outside an encrypted *.enc.yaml`);
+      }
+    }
+    for (const f of encFiles) assertSopsEncrypted(f);
+  });
+});
+
+// ---- SOPS ----
+
+function sopsRecipients(): string[] {
+  const cfg = parseYaml(readFileSync(join(repoRoot, '.sops.yaml'), 'utf8'));
+  return cfg.creation_rules.flatMap((r: Obj) => (r.key_groups ?? []).flatMap((g: Obj) => g.age ?? []));
+}
+
+function assertSopsEncrypted(file: string): void {
+  const rel = relative(repoRoot, file);
+  const docs = readDocs(file);
+  assert.equal(docs.length, 1, `${rel}: one document per encrypted file (sops encrypts each file as a whole)`);
+  const doc = docs[0];
+  assert.ok(doc.sops, `${rel}: no sops metadata, so not encrypted`);
+  assert.match(doc.sops.mac ?? '', /^ENC\[AES256_GCM,/, `${rel}: no sops MAC`);
+  const recipients: string[] = (doc.sops.age ?? []).map((a: Obj) => a.recipient);
+  assert.ok(recipients.length > 0, `${rel}: not encrypted to any age recipient`);
+  for (const r of recipients) assert.ok(sopsRecipients().includes(r), `${rel}: recipient ${r} is not in .sops.yaml (run sops updatekeys)`);
+  let leaves = 0;
+  const visit = (v: unknown, at: string): void => {
+    if (v === undefined) return;
+    if (v !== null && typeof v === 'object') {
+      for (const [k, x] of Object.entries(v)) visit(x, `${at}.${k}`);
+      return;
+    }
+    leaves++;
+    assert.match(String(v), /^ENC\[AES256_GCM,data:/, `${rel}: ${at} is plaintext`);
+  };
+  if (doc.kind === 'Secret') {
+    assert.ok(doc.data || doc.stringData, `${rel}: Secret without data`);
+    visit(doc.data, 'data');
+    visit(doc.stringData, 'stringData');
+  } else {
+    for (const [k, v] of Object.entries(doc)) if (k !== 'sops') visit(v, k);
+  }
+  assert.ok(leaves > 0, `${rel}: nothing encrypted`);
+}
+
+describe('SOPS setup', () => {
+  it('.sops.yaml has the rule for manifests/argocd-homelab/*.enc.(yaml|json) and it covers every encrypted file', () => {
+    const cfg = parseYaml(readFileSync(join(repoRoot, '.sops.yaml'), 'utf8'));
+    const rule = cfg.creation_rules.find((r: Obj) => r.path_regex === 'manifests/argocd-homelab/.*\\.enc\\.(yaml|json)$');
+    assert.ok(rule, `no rule with SPEC.md's path_regex; have ${cfg.creation_rules.map((r: Obj) => r.path_regex).join(', ')}`);
+    const re = new RegExp(rule.path_regex);
+    const encFiles = walk(tree).filter((f) => /\.enc\.(yaml|json)$/.test(f));
+    for (const f of encFiles) assert.match(relative(repoRoot, f), re);
+    assert.doesNotMatch('manifests/argocd-homelab/media/transmission/deployment.yaml', re);
+  });
+
+  it('the recipient is the throwaway test key, whose private half lives only under test/', () => {
+    const key = readFileSync(testKeyFile, 'utf8');
+    assert.match(key, /throwaway/i, 'the test key file must say it is a throwaway key');
+    const pub = /^# public key: (age1[0-9a-z]+)$/m.exec(key)?.[1];
+    assert.ok(pub, 'test-key.txt has no "# public key:" line');
+    assert.deepEqual(sopsRecipients(), [pub]);
+    assert.match(readFileSync(join(repoRoot, '.sops.yaml'), 'utf8'), /replace/i, '.sops.yaml must tell the operator to replace the test key');
+
+    const AGE_IDENTITY = /AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}/;
+    assert.match(key, AGE_IDENTITY, 'the leak check would not recognise the test key itself');
+    // Tracked and untracked files alike (ignored ones such as node_modules/.bin excepted).
+    const ls = spawnSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', '-z'], { cwd: repoRoot, encoding: 'utf8' });
+    assert.equal(ls.status, 0, ls.stderr);
+    const leaks = ls.stdout
+      .split('\0')
+      .filter((f) => f && !f.startsWith('test/') && existsSync(join(repoRoot, f)) && statSync(join(repoRoot, f)).isFile())
+      .filter((f) => AGE_IDENTITY.test(readFileSync(join(repoRoot, f), 'utf8')));
+    assert.deepEqual(leaks, [], 'an age private key outside test/');
+  });
+
+  it('the encrypted-file check rejects a plaintext value', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hb-sops-'));
+    try {
+      const enc = readFileSync(join(tree, 'media', 'transmission', 'secrets.enc.yaml'), 'utf8');
+      const doc = parseYaml(enc);
+      const key = Object.keys(doc.stringData ?? doc.data)[0]!;
+      (doc.stringData ?? doc.data)[key] = 'hunter2';
+      const f = join(dir, 'secrets.enc.yaml');
+      writeFileSync(f, JSON.stringify(doc));
+      assert.throws(() => assertSopsEncrypted(f), /plaintext/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+// ---- per-app requirements ----
+
+describe('infra/cloudflared', () => {
+  const a = app('cloudflared');
+  const d = one(a, 'Deployment', 'cloudflared');
+  const c = d.spec.template.spec.containers[0];
+
+  it('runs the tunnel with the daemon-written token and metrics on :2000', () => {
+    assert.match(c.image, /^(docker\.io\/)?cloudflare\/cloudflared:\d{4}\.\d+\.\d+$/);
+    assert.deepEqual([...(c.command ?? []), ...(c.args ?? [])].filter((x: string) => x !== 'cloudflared'), ['tunnel', '--no-autoupdate', '--metrics', '0.0.0.0:2000', 'run']);
+    const token = c.env.find((e: Obj) => e.name === 'TUNNEL_TOKEN');
+    assert.deepEqual(token?.valueFrom?.secretKeyRef, { name: 'tunnel-token', key: 'token' });
+    assert.ok(d.spec.replicas >= 1 && d.spec.replicas <= 2);
+    assert.ok(!ofKind(a, 'Secret').length, 'the tunnel token is the daemon\'s, never in git');
+  });
+
+  it('probes /ready on port 2000', () => {
+    for (const p of [c.readinessProbe, c.livenessProbe]) {
+      assert.equal(p.httpGet.path, '/ready');
+      const port = c.ports.find((x: Obj) => x.name === p.httpGet.port || x.containerPort === p.httpGet.port);
+      assert.equal(port?.containerPort, 2000);
+    }
+  });
+
+  it('is non-root with a read-only root filesystem', () => {
+    const pod = d.spec.template.spec.securityContext;
+    assert.equal(pod.runAsNonRoot ?? c.securityContext?.runAsNonRoot, true);
+    assert.notEqual(pod.runAsUser ?? c.securityContext?.runAsUser, 0);
+    assert.equal(c.securityContext.readOnlyRootFilesystem, true);
+    assert.equal(c.securityContext.allowPrivilegeEscalation, false);
+  });
+});
+
+describe('apps/echo-server', () => {
+  it('is a Deployment + Service + Ingress on the cilium class', () => {
+    const a = app('echo-server');
+    one(a, 'Deployment', 'echo-server');
+    one(a, 'Service', 'echo-server');
+    assert.equal(one(a, 'Ingress', 'echo-server').spec.ingressClassName, 'cilium');
+  });
+});
+
+describe('media: shared paths and hard links', () => {
+  const exchanging = ['sonarr', 'radarr', 'transmission'];
+
+  it('Sonarr, Radarr and Transmission see /data/media and /data/torrents through ONE mount of /var/data', () => {
+    for (const name of exchanging) {
+      const w = podSpecs(app(name).objects)[0]!;
+      const c = w.spec.containers[0];
+      const media = resolvePath(w.spec, c, '/data/media');
+      const torrents = resolvePath(w.spec, c, '/data/torrents');
+      assert.equal(media?.hostPath, '/var/data/media', `${name}: /data/media`);
+      assert.equal(torrents?.hostPath, '/var/data/torrents', `${name}: /data/torrents`);
+      // link(2) across two mounts fails with EXDEV even on one disk: imports would become copies.
+      assert.equal(media?.mount, torrents?.mount, `${name}: /data/media and /data/torrents are separate mounts, so hard links fail`);
+      assert.notEqual(media?.mount.readOnly, true, `${name}: the library must be writable`);
+    }
+  });
+
+  it('Plex reads the same library at the same path', () => {
+    const w = podSpecs(app('plex').objects)[0]!;
+    const c = w.spec.containers.find((x: Obj) => x.name === 'plex');
+    assert.equal(resolvePath(w.spec, c, '/data/media/tv')?.hostPath, '/var/data/media/tv');
+  });
+
+  it('Transmission downloads into /var/data/torrents/{complete,incomplete}', () => {
+    const w = podSpecs(app('transmission').objects)[0]!;
+    const c = w.spec.containers[0];
+    const env = envOf(c);
+    assert.equal(resolvePath(w.spec, c, env.TRANSMISSION_DOWNLOAD_DIR!)?.hostPath, '/var/data/torrents/complete');
+    assert.equal(resolvePath(w.spec, c, env.TRANSMISSION_INCOMPLETE_DIR!)?.hostPath, '/var/data/torrents/incomplete');
+    assert.equal(env.TRANSMISSION_INCOMPLETE_DIR_ENABLED, 'true');
+  });
+
+  it('every media app sets the same PUID/PGID (protected_hardlinks: only the owner may hard-link) and a TZ', () => {
+    const ids = new Set<string>();
+    for (const name of ['plex', 'sonarr', 'radarr', 'prowlarr', 'overseerr', 'transmission']) {
+      const c = podSpecs(app(name).objects)[0]!.spec.containers[0];
+      const env = envOf(c);
+      assert.match(env.PUID ?? '', /^\d+$/, `${name}: PUID`);
+      assert.match(env.PGID ?? '', /^\d+$/, `${name}: PGID`);
+      assert.ok(env.TZ, `${name}: TZ`);
+      ids.add(`${env.PUID}:${env.PGID}`);
+    }
+    assert.equal(ids.size, 1, `PUID:PGID differ between apps: ${[...ids].join(', ')}`);
+  });
+});
+
+describe('media/plex', () => {
+  const a = app('plex');
+  const w = podSpecs(a.objects)[0]!;
+
+  it('has a LoadBalancer Service pinned with lbipam.cilium.io/ips to the IP the settings give plex', () => {
+    const svc = one(a, 'Service', 'plex');
+    assert.equal(svc.spec.type, 'LoadBalancer');
+    const ip = svc.metadata.annotations['lbipam.cilium.io/ips'];
+    assert.equal(ip, '192.168.0.241');
+    const host = settings.hosts.find((h) => fqdn(h.name, settings.domain) === fqdn('plex', settings.domain));
+    assert.equal(host?.ip, ip, 'the plex host in settings points elsewhere');
+    assert.ok(svc.spec.ports.some((p: Obj) => p.port === 32400));
+    const { start, stop } = settings.network.lbPool;
+    assert.ok(ipToInt(ip) >= ipToInt(start) && ipToInt(ip) <= ipToInt(stop), 'outside the Cilium LB pool');
+    assert.equal(envOf(w.spec.containers[0]).ADVERTISE_IP, `http://${ip}:32400/`);
+  });
+
+  it('restores /var/data/configs/plex into the config PVC from a read-only hostPath', () => {
+    const init = w.spec.initContainers?.[0];
+    assert.ok(init, 'no restore init container');
+    const src = resolvePath(w.spec, init, '/restore');
+    assert.equal(src?.hostPath, '/var/data/configs/plex');
+    assert.equal(src?.mount.readOnly, true);
+    const dst = resolvePath(w.spec, init, '/config');
+    const main = w.spec.containers[0];
+    assert.equal(dst?.volume?.persistentVolumeClaim?.claimName, resolvePath(w.spec, main, '/config')?.volume?.persistentVolumeClaim?.claimName);
+  });
+
+  // The script itself, run with /config and /restore moved to temporary directories.
+  function runRestore(root: string): string {
+    const init = w.spec.initContainers[0];
+    const script: string = init.command[init.command.length - 1].replaceAll('/config', `${root}/config`).replaceAll('/restore', `${root}/restore`);
+    const r = spawnSync('sh', ['-c', script], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout;
+  }
+
+  it('the restore copies once, never overwrites a live config, and redoes an interrupted copy', () => {
+    const root = mkdtempSync(join(tmpdir(), 'hb-plex-'));
+    try {
+      mkdirSync(join(root, 'restore', 'Library', 'Plex Media Server'), { recursive: true });
+      writeFileSync(join(root, 'restore', 'Library', 'Plex Media Server', 'Preferences.xml'), 'old');
+      mkdirSync(join(root, 'config'));
+
+      // A copy cut short: part of the files, no marker. The next start must finish it.
+      mkdirSync(join(root, 'config', 'Library'));
+      runRestore(root);
+      assert.equal(readFileSync(join(root, 'config', 'Library', 'Plex Media Server', 'Preferences.xml'), 'utf8'), 'old');
+
+      // Plex runs and changes its config; a restart must keep it.
+      writeFileSync(join(root, 'config', 'Library', 'Plex Media Server', 'Preferences.xml'), 'live');
+      assert.match(runRestore(root), /already restored/);
+      assert.equal(readFileSync(join(root, 'config', 'Library', 'Plex Media Server', 'Preferences.xml'), 'utf8'), 'live');
+
+      // No backup on the host: start empty, and do not copy later once a backup appears.
+      const fresh = mkdtempSync(join(tmpdir(), 'hb-plex-fresh-'));
+      try {
+        mkdirSync(join(fresh, 'config'));
+        runRestore(fresh);
+        cpSync(join(root, 'restore'), join(fresh, 'restore'), { recursive: true });
+        runRestore(fresh);
+        assert.ok(!existsSync(join(fresh, 'config', 'Library')), 'a backup that appeared later overwrote a running config');
+      } finally {
+        rmSync(fresh, { recursive: true, force: true });
+      }
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('media/transmission', () => {
+  const a = app('transmission');
+  const w = podSpecs(a.objects)[0]!;
+  const c = w.spec.containers[0];
+  const env = envOf(c);
+
+  it('is haugene/transmission-openvpn with NET_ADMIN and the host /dev/net/tun', () => {
+    assert.match(c.image, /^(docker\.io\/)?haugene\/transmission-openvpn:\d+\.\d+(\.\d+)?$/);
+    assert.ok(c.securityContext?.capabilities?.add?.includes('NET_ADMIN'));
+    const tun = resolvePath(w.spec, c, '/dev/net/tun');
+    assert.equal(tun?.hostPath, '/dev/net/tun');
+    assert.equal(tun?.volume.hostPath.type, 'CharDevice');
+    assert.equal(env.CREATE_TUN_DEVICE, 'false');
+  });
+
+  it('LOCAL_NETWORK covers the LAN (ingress VIP and LB pool) and the k3s pod and service CIDRs', () => {
+    const nets = (env.LOCAL_NETWORK ?? '').split(',').map((s) => s.trim());
+    for (const cidr of ['10.42.0.0/16', '10.43.0.0/16']) assert.ok(nets.includes(cidr), `LOCAL_NETWORK lacks ${cidr}`);
+    for (const ip of [settings.network.ingressIP, settings.network.lbPool.start, settings.network.lbPool.stop]) {
+      assert.ok(nets.some((n) => cidrContains(n, ip)), `LOCAL_NETWORK ${env.LOCAL_NETWORK} does not cover ${ip}`);
+    }
+  });
+
+  it('takes the NordVPN credentials from the ksops Secret it generates', () => {
+    assert.equal(env.OPENVPN_PROVIDER, 'NORDVPN');
+    const enc = parseYaml(readFileSync(join(a.dir, 'secrets.enc.yaml'), 'utf8'));
+    const gen = parseYaml(readFileSync(join(a.dir, 'ksops-generator.yaml'), 'utf8'));
+    assert.equal(gen.kind, 'ksops');
+    assert.deepEqual(gen.files, ['./secrets.enc.yaml']);
+    assert.match(gen.metadata.annotations['config.kubernetes.io/function'], /exec:\s*\n\s*path: ksops/);
+    assert.ok(a.kustomization.generators.includes('ksops-generator.yaml'));
+    const refs = (c.envFrom ?? []).map((e: Obj) => e.secretRef?.name);
+    assert.ok(refs.includes(enc.metadata.name), `envFrom ${refs} does not use Secret ${enc.metadata.name}`);
+    const keys = Object.keys(enc.stringData ?? enc.data);
+    assert.deepEqual(keys.sort(), ['OPENVPN_PASSWORD', 'OPENVPN_USERNAME']);
+  });
+
+  it('accepts RPC calls for its ingress host and its in-cluster name', () => {
+    const allowed = (env.TRANSMISSION_RPC_HOST_WHITELIST ?? '').split(',');
+    const ing = one(a, 'Ingress', 'transmission');
+    for (const r of ing.spec.rules) assert.ok(allowed.includes(r.host), `${r.host} not in the RPC host whitelist`);
+    assert.ok(allowed.includes('transmission.transmission.svc.cluster.local'));
+  });
+});
+
+// ---- monitoring ----
+
+function monitoringApplication(): Obj {
+  return one(app('monitoring'), 'Application', 'kube-prometheus-stack');
+}
+function monitoringValues(): Obj {
+  return monitoringApplication().spec.source.helm.valuesObject;
+}
+
+/** The monitors kube-prometheus-stack renders from additionalServiceMonitors/additionalPodMonitors (templates/prometheus/{servicemonitors,podmonitors}.yaml). */
+function chartMonitors(application: Obj): Obj[] {
+  const v = application.spec.source.helm.valuesObject;
+  const release = application.spec.source.helm.releaseName ?? application.metadata.name;
+  const ns = application.spec.destination.namespace;
+  const labels = (extra: Obj) => ({ app: 'kube-prometheus-stack-prometheus', release, 'app.kubernetes.io/managed-by': 'Helm', ...(extra ?? {}) });
+  const sm = (v.prometheus?.additionalServiceMonitors ?? []).map((m: Obj) => ({
+    apiVersion: 'monitoring.coreos.com/v1',
+    kind: 'ServiceMonitor',
+    metadata: { name: m.name, namespace: ns, labels: labels(m.additionalLabels) },
+    spec: { endpoints: m.endpoints, selector: m.selector, ...(m.namespaceSelector ? { namespaceSelector: m.namespaceSelector } : {}), ...(m.jobLabel ? { jobLabel: m.jobLabel } : {}) },
+  }));
+  const pm = (v.prometheus?.additionalPodMonitors ?? []).map((m: Obj) => ({
+    apiVersion: 'monitoring.coreos.com/v1',
+    kind: 'PodMonitor',
+    metadata: { name: m.name, namespace: ns, labels: labels(m.additionalLabels) },
+    spec: { podMetricsEndpoints: m.podMetricsEndpoints, selector: m.selector, ...(m.namespaceSelector ? { namespaceSelector: m.namespaceSelector } : {}), ...(m.jobLabel ? { jobLabel: m.jobLabel } : {}) },
+  }));
+  return [...sm, ...pm];
+}
+
+describe('infra/monitoring (kube-prometheus-stack Application)', () => {
+  it('is a pinned Helm source with its CRDs, synced server-side', () => {
+    const appl = monitoringApplication();
+    const src = appl.spec.source;
+    assert.equal(src.chart, 'kube-prometheus-stack');
+    assert.equal(src.repoURL, 'https://prometheus-community.github.io/helm-charts');
+    // Moves together with ../shared/crds/prometheus-operator (prometheus-operator v0.93.1).
+    assert.equal(src.targetRevision, '88.5.3');
+    assert.equal(src.helm.skipCrds ?? false, false);
+    assert.notEqual(monitoringValues().crds?.enabled, false);
+    assert.equal(appl.spec.destination.namespace, 'monitoring');
+    assert.ok(appl.spec.syncPolicy.syncOptions.includes('ServerSideApply=true'), 'the CRDs exceed the client-side apply annotation');
+    assert.ok(appl.spec.syncPolicy.syncOptions.includes('CreateNamespace=true'));
+    assert.deepEqual(appl.spec.syncPolicy.automated, { prune: true, selfHeal: true });
+  });
+
+  it('turns off the scrape targets and alert rules k3s with Cilium does not have', () => {
+    const v = monitoringValues();
+    for (const k of ['kubeProxy', 'kubeControllerManager', 'kubeScheduler', 'kubeEtcd']) assert.equal(v[k]?.enabled, false, `${k}.enabled`);
+    for (const k of ['etcd', 'kubeProxy', 'kubeControllerManager', 'kubeSchedulerAlerting', 'kubeSchedulerRecording']) {
+      assert.equal(v.defaultRules?.rules?.[k], false, `defaultRules.rules.${k}`);
+    }
+  });
+
+  it('Alertmanager has no external receivers', () => {
+    const cfg = monitoringValues().alertmanager.config;
+    assert.ok(cfg.receivers.length > 0);
+    for (const r of cfg.receivers) assert.deepEqual(Object.keys(r), ['name'], `receiver ${r.name} sends somewhere`);
+    const used = new Set<string>();
+    const walkRoute = (r: Obj) => {
+      if (r.receiver) used.add(r.receiver);
+      (r.routes ?? []).forEach(walkRoute);
+    };
+    walkRoute(cfg.route);
+    for (const u of used) assert.ok(cfg.receivers.some((r: Obj) => r.name === u), `route uses undefined receiver ${u}`);
+  });
+
+  it('Prometheus and Alertmanager keep data on local-path claims, with retention below the claim size', () => {
+    const v = monitoringValues();
+    const ps = v.prometheus.prometheusSpec;
+    assert.match(ps.retention, /^\d+[dhw]$/);
+    const claim = ps.storageSpec.volumeClaimTemplate.spec;
+    assert.equal(claim.storageClassName, 'local-path');
+    const gi = Number(/^(\d+)Gi$/.exec(claim.resources.requests.storage)?.[1]);
+    const gb = Number(/^(\d+)GB$/.exec(ps.retentionSize)?.[1]);
+    assert.ok(gb > 0 && gb * 1e9 < gi * 2 ** 30, `retentionSize ${ps.retentionSize} does not fit the ${claim.resources.requests.storage} claim`);
+    assert.equal(v.alertmanager.alertmanagerSpec.storage.volumeClaimTemplate.spec.storageClassName, 'local-path');
+    assert.equal(v.grafana.persistence.storageClassName, 'local-path');
+  });
+
+  it('Grafana: ingress on the cilium class, default dashboards, admin from the ksops Secret', () => {
+    const g = monitoringValues().grafana;
+    assert.equal(g.ingress.enabled, true);
+    assert.equal(g.ingress.ingressClassName, 'cilium');
+    assert.deepEqual(g.ingress.hosts, [fqdn('grafana', settings.domain)]);
+    assert.notEqual(g.defaultDashboardsEnabled, false);
+    assert.equal(g.adminPassword, undefined, 'a password in values is a plaintext secret in git');
+    const enc = parseYaml(readFileSync(join(app('monitoring').dir, 'secrets.enc.yaml'), 'utf8'));
+    assert.equal(enc.metadata.name, g.admin.existingSecret);
+    assert.equal(enc.metadata.namespace, 'monitoring');
+    const keys = Object.keys(enc.stringData ?? enc.data);
+    assert.ok(keys.includes(g.admin.userKey) && keys.includes(g.admin.passwordKey), `Secret keys ${keys} vs ${g.admin.userKey}/${g.admin.passwordKey}`);
+  });
+
+  it('main components request resources', () => {
+    const v = monitoringValues();
+    for (const [what, r] of Object.entries({
+      prometheus: v.prometheus.prometheusSpec.resources,
+      alertmanager: v.alertmanager.alertmanagerSpec.resources,
+      grafana: v.grafana.resources,
+      operator: v.prometheusOperator.resources,
+      'kube-state-metrics': v['kube-state-metrics'].resources,
+      'node-exporter': v['prometheus-node-exporter'].resources,
+    })) {
+      assert.ok((r as Obj)?.requests?.cpu && (r as Obj)?.requests?.memory, `${what}: no requests`);
+    }
+  });
+
+  it('scrapes Hubble and Cilium with monitors the release actually selects', () => {
+    const appl = monitoringApplication();
+    const v = monitoringValues();
+    const ps = v.prometheus.prometheusSpec;
+    const monitors = chartMonitors(appl);
+    // The chart's selector: {} when NilUsesHelmValues is false, else release=<releaseName>.
+    const selects = (kind: 'ServiceMonitor' | 'PodMonitor', labels: Record<string, string>) => {
+      const key = kind === 'ServiceMonitor' ? 'serviceMonitor' : 'podMonitor';
+      const explicit = ps[`${key}Selector`];
+      if (explicit) return labelsMatch(explicit.matchLabels ?? {}, labels);
+      if (ps[`${key}SelectorNilUsesHelmValues`] === false) return true;
+      return labels.release === (appl.spec.source.helm.releaseName ?? appl.metadata.name);
+    };
+    const hubble = monitors.find((m) => m.kind === 'ServiceMonitor' && m.spec.selector.matchLabels?.['k8s-app'] === 'hubble');
+    assert.ok(hubble, 'no ServiceMonitor for the hubble-metrics Service');
+    assert.deepEqual(hubble.spec.namespaceSelector.matchNames, ['kube-system']);
+    assert.equal(hubble.spec.endpoints[0].port, 'hubble-metrics');
+    const agent = monitors.find((m) => m.kind === 'PodMonitor' && m.spec.selector.matchLabels?.['k8s-app'] === 'cilium');
+    assert.ok(agent, 'no PodMonitor for the cilium agent');
+    assert.equal(agent.spec.podMetricsEndpoints[0].port, 'prometheus');
+    for (const m of monitors) assert.ok(selects(m.kind, m.metadata.labels), `${m.kind} ${m.metadata.name} is not selected by the Prometheus of the release`);
+    // Monitor selection by namespace: unset or {} means every namespace.
+    for (const k of ['serviceMonitorNamespaceSelector', 'podMonitorNamespaceSelector']) {
+      assert.ok(ps[k] === undefined || Object.keys(ps[k]).length === 0, `${k} narrows the namespaces`);
+    }
+  });
+});
+
+describe('helpers used above', () => {
+  it('resolvePath picks the longest mount and maps into the host path', () => {
+    const spec = { volumes: [{ name: 'a', hostPath: { path: '/var/data' } }, { name: 'b', hostPath: { path: '/srv/m' } }] };
+    const c = { volumeMounts: [{ name: 'a', mountPath: '/data' }, { name: 'b', mountPath: '/data/media' }] };
+    assert.equal(resolvePath(spec, c, '/data/media/tv')?.hostPath, '/srv/m/tv');
+    assert.equal(resolvePath(spec, c, '/data/torrents')?.hostPath, '/var/data/torrents');
+    assert.equal(resolvePath(spec, c, '/database'), undefined);
+  });
+
+  it('cidrContains', () => {
+    assert.ok(cidrContains('192.168.0.0/24', '192.168.0.241'));
+    assert.ok(!cidrContains('192.168.0.0/24', '192.168.1.1'));
+    assert.ok(cidrContains('0.0.0.0/0', '8.8.8.8'));
+  });
+
+  it('the app list comes from the settings groups', () => {
+    assert.deepEqual([...new Set(apps.map((a) => a.group))].sort(), settings.gitops.groups.slice().sort());
+    assert.equal(basename(tree), 'argocd-homelab');
+  });
+});
