@@ -78,8 +78,11 @@ async function main(): Promise<number> {
     const second = await runCli(args, env);
     const secondChanges = readState(stateDir).lastRun?.changes ?? -1;
     say(`Cloudflare write calls during the second apply: ${emu.writes().length}`);
+    say('\n== plan on the converged cluster (exit 0 = nothing to change) ==');
+    const plan = await runCli(['plan', '--config', config, '--state-dir', stateDir], env);
+    say(`plan: exit ${plan}`);
     say(`second apply: ${secondChanges} changes`);
-    return first === 0 && second === 0 && secondChanges === 0 ? 0 : 1;
+    return first === 0 && second === 0 && plan === 0 && secondChanges === 0 ? 0 : 1;
   } finally {
     await emu.stop();
     await cp.stop();
