@@ -1,17 +1,12 @@
 // Human output of plan and apply: terse, one line per change, diffs indented under it.
 import type { StepReport } from './engine/run.ts';
 import { isWrite, type Change } from './steps/types.ts';
+import { formatDiff } from './diff.ts';
 
 const SIGN: Record<Change['action'], string> = { create: '+', update: '~', delete: '-', noop: '=', wait: '…', conflict: '!' };
 
-function show(v: unknown): string {
-  return v === undefined ? '(absent)' : JSON.stringify(v);
-}
-
 export function formatChange(c: Change): string[] {
-  const lines = [`  ${SIGN[c.action]} ${c.action} ${c.target}${c.detail ? `: ${c.detail}` : ''}`];
-  for (const d of c.diff ?? []) lines.push(`      ${d.path}: ${show(d.from)} -> ${show(d.to)}`);
-  return lines;
+  return [`  ${SIGN[c.action]} ${c.action} ${c.target}${c.detail ? `: ${c.detail}` : ''}`, ...formatDiff(c.diff ?? []).map((l) => `      ${l}`)];
 }
 
 export function countWrites(reports: readonly StepReport[]): number {

@@ -296,15 +296,21 @@ export class KubeClient {
    * `resourcePlural` of `group`; undefined when none does (CRD not installed yet).
    */
   async servedVersion(group: string, resourcePlural: string): Promise<string | undefined> {
+    return (await this.servedVersions(group, resourcePlural))[0];
+  }
+
+  /** Every apiVersion serving `resourcePlural` of `group`, in the server's preference order. */
+  async servedVersions(group: string, resourcePlural: string): Promise<string[]> {
     const res = await this.#request('GET', `/apis/${encodeURIComponent(group)}`);
-    if (res.status === 404) return undefined;
+    if (res.status === 404) return [];
     if (res.status !== 200) throw this.#fail(res, `discovery of ${group}`);
     const versions = (JSON.parse(res.text) as { versions?: { groupVersion: string }[] }).versions ?? [];
+    const out: string[] = [];
     for (const v of versions) {
       const list = await this.#resourceList(v.groupVersion, true);
-      if (list?.some((r) => r.name === resourcePlural)) return v.groupVersion;
+      if (list?.some((r) => r.name === resourcePlural)) out.push(v.groupVersion);
     }
-    return undefined;
+    return out;
   }
 
   /**
@@ -439,10 +445,11 @@ export class KubeClient {
   /**
    * Resolves once every named CRD is Established, watching them (one watch per name, which
    * starts with the current state). Bounded by `timeoutMs` and `signal`; the error names the
-   * CRDs still missing and how far each got.
+   * CRDs still missing and how far each got. Returns the Established CRD objects by name.
    */
-  async waitCrdsEstablished(names: readonly string[], opts: WaitCrdsOptions): Promise<void> {
+  async waitCrdsEstablished(names: readonly string[], opts: WaitCrdsOptions): Promise<Map<string, KubeObject>> {
     const state = new Map<string, string>(names.map((n) => [n, 'not found']));
+    const seen = new Map<string, KubeObject>();
     const pending = () => names.filter((n) => state.get(n) !== 'Established');
     const describe = () =>
       pending()
@@ -458,7 +465,7 @@ export class KubeClient {
       }
     };
     progress();
-    if (pending().length === 0) return;
+    if (pending().length === 0) return seen;
 
     const stop = new AbortController();
     const deadline = performance.now() + opts.timeoutMs;
@@ -477,6 +484,7 @@ export class KubeClient {
             if (type === 'ERROR') return false; // e.g. 410 Gone: start over with a fresh watch
             const s = type === 'DELETED' ? { established: false, detail: 'not found (deleted)' } : crdEstablished(obj);
             state.set(name, s.detail);
+            if (s.established) seen.set(name, obj);
             progress();
             return !s.established;
           });
@@ -500,7 +508,7 @@ export class KubeClient {
       stop.abort(new Error('done'));
     }
     const missing = pending();
-    if (missing.length === 0) return;
+    if (missing.length === 0) return seen;
     const why = opts.signal?.aborted ? 'the step was cancelled (its timeout ran out)' : `gave up after ${Math.round(opts.timeoutMs / 1000)} s`;
     throw new CrdWaitError(`CRD${missing.length > 1 ? 's' : ''} not Established: ${describe()}; ${why}`, missing);
   }

@@ -4,11 +4,10 @@
 import type { KubeClient } from '../adapters/kube.ts';
 import { crdEstablished } from '../adapters/kube.ts';
 import { L2_POLICY_CRD, POOL_CRD, type L2ApiVersions } from '../desired/l2.ts';
-import type { Change, Outputs, Step, StepContext } from './types.ts';
+import type { Change, KubeObject, Outputs, Step, StepContext } from './types.ts';
 
 const GROUP = 'cilium.io';
-const POOL_PLURAL = 'ciliumloadbalancerippools';
-const POLICY_PLURAL = 'ciliuml2announcementpolicies';
+const CRD_API = 'apiextensions.k8s.io/v1';
 
 export interface CiliumCrdsWant {
   crds: string[];
@@ -17,7 +16,7 @@ export interface CiliumCrdsWant {
 export interface CiliumCrdsHave {
   /** Per CRD: "Established", "not found", "exists, not Established (…)". */
   state: Record<string, string>;
-  /** Known when both were Established at read time and discovery already serves them. */
+  /** Known when both were Established at read time and discovery already agrees with them. */
   versions?: L2ApiVersions;
 }
 
@@ -28,8 +27,27 @@ export interface CiliumCrdsOptions {
   discoveryWaitMs?: number;
 }
 
-async function discover(kube: KubeClient): Promise<L2ApiVersions | undefined> {
-  const [poolApiVersion, l2PolicyApiVersion] = await Promise.all([kube.servedVersion(GROUP, POOL_PLURAL), kube.servedVersion(GROUP, POLICY_PLURAL)]);
+const pluralOf = (crdName: string) => crdName.slice(0, crdName.indexOf('.'));
+
+/** The apiVersions a CRD says it serves. */
+function crdServed(crd: KubeObject): string[] {
+  const versions = ((crd.spec as { versions?: { name: string; served?: boolean }[] } | undefined)?.versions ?? []).filter((v) => v.served);
+  return versions.map((v) => `${GROUP}/${v.name}`).sort();
+}
+
+/**
+ * Discovery's preferred version of the pool and the policy, once discovery serves exactly the
+ * versions each CRD declares. Discovery trails a CRD change by a moment (right after Established,
+ * or after an upgrade adds v2), and a stale answer would pin the pool to the old version.
+ */
+export async function discoverL2Versions(kube: Pick<KubeClient, 'servedVersions'>, crds: Map<string, KubeObject>): Promise<L2ApiVersions | undefined> {
+  const pick = async (crdName: string) => {
+    const crd = crds.get(crdName);
+    if (!crd) return undefined;
+    const served = await kube.servedVersions(GROUP, pluralOf(crdName));
+    return JSON.stringify([...served].sort()) === JSON.stringify(crdServed(crd)) ? served[0] : undefined;
+  };
+  const [poolApiVersion, l2PolicyApiVersion] = await Promise.all([pick(POOL_CRD), pick(L2_POLICY_CRD)]);
   return poolApiVersion && l2PolicyApiVersion ? { poolApiVersion, l2PolicyApiVersion } : undefined;
 }
 
@@ -46,22 +64,27 @@ export function makeCiliumCrdsStep(options: CiliumCrdsOptions = {}): Step<Cilium
     async have(ctx: StepContext, want: CiliumCrdsWant): Promise<CiliumCrdsHave> {
       const kube = ctx.adapters.kube;
       const state: Record<string, string> = {};
-      for (const name of want.crds) state[name] = crdEstablished(await kube.get('apiextensions.k8s.io/v1', 'CustomResourceDefinition', name)).detail;
-      if (!Object.values(state).every((s) => s === 'Established')) return { state };
-      const versions = await discover(kube);
+      const established = new Map<string, KubeObject>();
+      for (const name of want.crds) {
+        const crd = await kube.get(CRD_API, 'CustomResourceDefinition', name);
+        const s = crdEstablished(crd);
+        state[name] = s.detail;
+        if (s.established && crd) established.set(name, crd);
+      }
+      if (established.size < want.crds.length) return { state };
+      const versions = await discoverL2Versions(kube, established);
       return versions ? { state, versions } : { state };
     },
     changes(want: CiliumCrdsWant, have: CiliumCrdsHave): Change[] {
       const waits: Change[] = want.crds
         .filter((n) => have.state[n] !== 'Established')
         .map((n) => ({ action: 'wait', target: `CRD ${n}`, detail: `${have.state[n] ?? 'not found'}; cilium-operator registers it at runtime` }));
-      if (waits.length === 0 && !have.versions) waits.push({ action: 'wait', target: `API group ${GROUP}`, detail: 'discovery does not list the Cilium resources yet' });
+      if (waits.length === 0 && !have.versions) waits.push({ action: 'wait', target: `API group ${GROUP}`, detail: 'discovery does not serve the Cilium CRDs as declared yet' });
       return waits;
     },
-    async change(ctx: StepContext, changes: Change[], want: CiliumCrdsWant, have: CiliumCrdsHave): Promise<Outputs> {
+    async change(ctx: StepContext, _changes: Change[], want: CiliumCrdsWant): Promise<Outputs> {
       const kube = ctx.adapters.kube;
-      if (have.versions && changes.length === 0) return { ...have.versions };
-      await kube.waitCrdsEstablished(want.crds, {
+      const crds = await kube.waitCrdsEstablished(want.crds, {
         timeoutMs: waitMs,
         signal: ctx.signal,
         onProgress: (text) => {
@@ -72,12 +95,14 @@ export function makeCiliumCrdsStep(options: CiliumCrdsOptions = {}): Step<Cilium
       // Discovery can trail the Established condition by a moment: poll it briefly.
       const deadline = performance.now() + discoveryWaitMs;
       for (;;) {
-        const versions = await discover(kube);
+        const versions = await discoverL2Versions(kube, crds);
         if (versions) {
           ctx.log.info(versions, 'Cilium CRDs Established; served versions from discovery');
           return { ...versions };
         }
-        if (performance.now() > deadline) throw new Error(`Cilium CRDs are Established but discovery does not serve ${POOL_PLURAL}/${POLICY_PLURAL}.${GROUP} after ${Math.round(discoveryWaitMs / 1000)} s`);
+        if (performance.now() > deadline) {
+          throw new Error(`Cilium CRDs are Established but discovery does not serve ${want.crds.join(', ')} as declared after ${Math.round(discoveryWaitMs / 1000)} s`);
+        }
         ctx.signal.throwIfAborted();
         await new Promise((r) => setTimeout(r, 250));
       }

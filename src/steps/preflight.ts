@@ -8,6 +8,7 @@ import { parseSettings } from '../settings/load.ts';
 import type { CredentialName, Credentials } from '../credentials.ts';
 import { parseAgeIdentities } from '../agekey.ts';
 import type { Change, Outputs, Step, StepContext } from './types.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface PreflightWant {
   ageKeyFile: string;
@@ -47,20 +48,6 @@ export async function warnIfExposed(credentials: Credentials, name: CredentialNa
   }
 }
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
 
 /** Waits for /readyz with backoff, a log line per try, within `waitMs`. Returns the number of tries. */
 export async function waitReadyz(ctx: StepContext, opts: Required<PreflightOptions>): Promise<number> {
@@ -82,7 +69,7 @@ export async function waitReadyz(ctx: StepContext, opts: Required<PreflightOptio
     }
     const pause = Math.min(delay, left);
     ctx.log.info({ server: kube.server, attempt, detail: last, retryInMs: Math.round(pause) }, `waiting for the API server /readyz (k3s starting?): ${last}`);
-    await sleep(pause, ctx.signal);
+    await sleep(pause, undefined, { signal: ctx.signal });
     delay = Math.min(delay * 2, opts.readyzMaxDelayMs);
   }
 }

@@ -4,6 +4,7 @@
 // and can be turned off (settings cilium.waitForReady) where no pod can ever run.
 import type { StepContext, KubeObject } from './types.ts';
 import { TransientError, isTransient } from '../engine/errors.ts';
+import { setTimeout as delay } from 'node:timers/promises';
 
 export interface WorkloadRef {
   kind: 'DaemonSet' | 'Deployment';
@@ -80,20 +81,6 @@ export interface WaitOptions {
 
 const describe = (states: readonly WorkloadState[]) => states.map((s) => `${refLabel(s.ref)}: ${s.readiness.summary}`).join('; ');
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    const t = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
 
 /** Polls until every workload is ready; throws RolloutTimeoutError naming what is not. */
 export async function waitForRollout(
@@ -130,6 +117,6 @@ export async function waitForRollout(
     if (Date.now() >= deadline) {
       throw new RolloutTimeoutError(`${opts.what} not ready after ${Math.round(opts.timeoutMs / 100) / 10} s: ${text}`);
     }
-    await sleep(Math.min(opts.intervalMs, Math.max(0, deadline - Date.now())), ctx.signal);
+    await delay(Math.min(opts.intervalMs, Math.max(0, deadline - Date.now())), undefined, { signal: ctx.signal });
   }
 }

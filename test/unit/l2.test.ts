@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { parseSettings } from '../../src/settings/load.ts';
 import { desiredL2, l2ApiVersions, L2_POLICY_NAME, POOL_NAME } from '../../src/desired/l2.ts';
 import { ciliumL2Step } from '../../src/steps/cilium-l2.ts';
-import { ciliumCrdsStep } from '../../src/steps/cilium-crds.ts';
+import { ciliumCrdsStep, discoverL2Versions } from '../../src/steps/cilium-crds.ts';
 import { OWNER_LABEL, FIELD_MANAGER } from '../../src/adapters/kube.ts';
 import { RENDER_UPSTREAM, type KubeObject } from '../../src/steps/types.ts';
 
@@ -95,4 +95,26 @@ test('cilium-crds waits for both CRDs and outputs nothing until discovery answer
   assert.deepEqual(ciliumCrdsStep.outputs!(w, done), done.versions);
   assert.deepEqual(ciliumCrdsStep.needs, ['cilium']);
   assert.deepEqual(ciliumL2Step.needs, ['cilium-crds']);
+});
+
+test('cilium-crds trusts discovery only once it serves exactly what each CRD declares (it trails CRD changes)', async () => {
+  const crd = (name: string, versions: string[]): KubeObject => ({
+    apiVersion: 'apiextensions.k8s.io/v1',
+    kind: 'CustomResourceDefinition',
+    metadata: { name },
+    spec: { versions: versions.map((v) => ({ name: v, served: true })) },
+  });
+  const crds = new Map([
+    ['ciliumloadbalancerippools.cilium.io', crd('ciliumloadbalancerippools.cilium.io', ['v2', 'v2alpha1'])],
+    ['ciliuml2announcementpolicies.cilium.io', crd('ciliuml2announcementpolicies.cilium.io', ['v2alpha1'])],
+  ]);
+  const discovery = (pool: string[]) => ({
+    servedVersions: async (_g: string, plural: string) => (plural === 'ciliumloadbalancerippools' ? pool : ['cilium.io/v2alpha1']),
+  });
+  // Right after Established (or an upgrade adding v2), discovery may still list only v2alpha1.
+  assert.equal(await discoverL2Versions(discovery(['cilium.io/v2alpha1']), crds), undefined);
+  assert.deepEqual(await discoverL2Versions(discovery(['cilium.io/v2', 'cilium.io/v2alpha1']), crds), { poolApiVersion: 'cilium.io/v2', l2PolicyApiVersion: 'cilium.io/v2alpha1' });
+  // Cilium < 1.18: the CRD itself declares only v2alpha1.
+  crds.set('ciliumloadbalancerippools.cilium.io', crd('ciliumloadbalancerippools.cilium.io', ['v2alpha1']));
+  assert.deepEqual(await discoverL2Versions(discovery(['cilium.io/v2alpha1']), crds), { poolApiVersion: 'cilium.io/v2alpha1', l2PolicyApiVersion: 'cilium.io/v2alpha1' });
 });
