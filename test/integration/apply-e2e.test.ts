@@ -1,0 +1,135 @@
+// The whole program as an operator runs it: the real CLI, every step, against a real
+// kube-apiserver + helm and the Cloudflare emulator. Cold apply, no-op apply, plan's exit
+// codes and field diffs, and one changed setting touching exactly what it should.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
+import { playCiliumOperator } from '../rig/crds.ts';
+import { auditMark, countRequests } from '../rig/audit.ts';
+import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
+import { CloudflareEmulator } from '../rig/cloudflare-emulator.ts';
+import { demoSettings } from '../../scripts/demo.ts';
+
+let cp: ControlPlane;
+let emu: CloudflareEmulator;
+let dir: string;
+let settings: Record<string, any>;
+const config = () => join(dir, 'settings.json');
+
+function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [join(repoRoot, 'src', 'cli.ts'), ...args, '--state-dir', join(dir, 'state')], {
+      env: { PATH: `${binDir()}:${process.env.PATH}`, HOME: dir, LOG_LEVEL: 'info' },
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('error', reject);
+    child.on('exit', (code) => resolve({ code: code ?? -1, out, err }));
+  });
+}
+
+function helmRevisions(release: string, ns: string): number {
+  const out = execFileSync(binPath('helm'), ['history', release, '-n', ns, '-o', 'json', '--kubeconfig', cp.kubeconfigPath], { encoding: 'utf8' });
+  return (JSON.parse(out) as unknown[]).length;
+}
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'hb-e2e-'));
+  cp = await startControlPlane();
+  const token = randomBytes(24).toString('hex');
+  const accountId = randomBytes(16).toString('hex');
+  emu = await CloudflareEmulator.start({ token, accountId, zones: ['peterstorm.io'] });
+  const ageKeyFile = join(dir, 'keys.txt');
+  execFileSync(binPath('age-keygen'), ['-o', ageKeyFile], { stdio: 'ignore' });
+  const tokenFile = join(dir, 'token');
+  writeFileSync(tokenFile, token, { mode: 0o600 });
+  settings = demoSettings({ dir, kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId });
+  writeFileSync(config(), JSON.stringify(settings));
+});
+
+after(async () => {
+  await emu?.stop();
+  await cp?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('plan on an empty cluster exits 2 and lists what apply will create', async () => {
+  const r = await cli('plan', '--config', config());
+  assert.equal(r.code, 2, r.out + r.err);
+  assert.match(r.out, /\+ create .*cilium/);
+  assert.match(r.out, /\+ create DNS A sonarr\.peterstorm\.io/i);
+  assert.equal(emu.writes().length, 0, 'plan wrote to Cloudflare');
+});
+
+test('cold apply converges every step, waiting for the Cilium CRDs that appear 5 s in', async () => {
+  const operator = playCiliumOperator(cp, 5000);
+  const r = await cli('apply', '--config', config());
+  operator.cancel();
+  assert.equal(r.code, 0, r.out + r.err);
+  assert.match(r.out, /apply: 9 steps, \d+ changes, 0 failed/);
+  const lines = r.out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.ok(lines.length > 0 && lines.every((l) => typeof l.msg === 'string'), 'JSON log lines with a readable msg');
+  assert.ok(lines.filter((l) => l.event === 'finish').every((l) => typeof l.step === 'string' && typeof l.durationMs === 'number'));
+  assert.equal(emu.records('peterstorm.io').length, 9);
+  assert.equal(emu.liveTunnels().length, 1);
+});
+
+test('a second apply writes nothing anywhere and makes no Helm revision; plan exits 0', async () => {
+  const mark = await auditMark(cp);
+  emu.resetLog();
+  const r = await cli('apply', '--config', config());
+  assert.equal(r.code, 0, r.out + r.err);
+  assert.match(r.out, /apply: 9 steps, 0 changes, 0 failed/);
+  const counts = await countRequests(cp, { since: mark });
+  assert.equal(counts.writes, 0, `writes: ${JSON.stringify(counts.byResource)}`);
+  assert.ok(counts.reads > 0);
+  assert.equal(emu.writes().length, 0);
+  assert.equal(helmRevisions('cilium', 'kube-system'), 1);
+  assert.equal(helmRevisions('argocd', 'argocd'), 1);
+  const plan = await cli('plan', '--config', config());
+  assert.equal(plan.code, 0, plan.out);
+});
+
+test('one changed setting: plan shows the field diff and exits 2; apply writes exactly that', async () => {
+  settings.network.lbPool.stop = '192.168.0.245';
+  writeFileSync(config(), JSON.stringify(settings));
+  const plan = await cli('plan', '--config', config());
+  assert.equal(plan.code, 2, plan.out + plan.err);
+  assert.match(plan.out, /~ update CiliumLoadBalancerIPPool homelab/);
+  assert.match(plan.out, /\$\.spec\.blocks\[0\]\.stop: "192\.168\.0\.250" -> "192\.168\.0\.245"/);
+  const mark = await auditMark(cp);
+  const r = await cli('apply', '--config', config());
+  assert.equal(r.code, 0, r.out + r.err);
+  const counts = await countRequests(cp, { since: mark });
+  // Besides the pool, only the run's own bootstrap Lease (taken because something changed).
+  assert.deepEqual(
+    Object.entries(counts.byResource).filter(([k]) => /^(create|update|patch|delete) /.test(k) && !k.endsWith(' leases')),
+    [['patch ciliumloadbalancerippools', 1]],
+  );
+  assert.equal(helmRevisions('cilium', 'kube-system'), 1, 'the pool is not a Helm value');
+});
+
+test('a Helm value change shows as a values diff and makes exactly one new revision', async () => {
+  settings.cilium.values = { hubble: { relay: { enabled: false } } };
+  writeFileSync(config(), JSON.stringify(settings));
+  const plan = await cli('plan', '--config', config());
+  assert.equal(plan.code, 2);
+  assert.match(plan.out, /\$\.values\.hubble\.relay\.enabled: true -> false/);
+  assert.equal((await cli('apply', '--config', config())).code, 0);
+  assert.equal(helmRevisions('cilium', 'kube-system'), 2);
+  assert.equal((await cli('plan', '--config', config())).code, 0);
+});
+
+test('status shows the last apply per step', async () => {
+  const r = await cli('status');
+  assert.equal(r.code, 0, r.out);
+  assert.match(r.out, /last run: apply .* ok/);
+  for (const step of ['preflight', 'cilium', 'dns', 'root-appset']) assert.match(r.out, new RegExp(`^${step} `, 'm'));
+});
