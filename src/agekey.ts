@@ -2,6 +2,7 @@
 // lines starting with '#' and empty lines skipped, anything else must be an X25519 identity
 // `AGE-SECRET-KEY-1…` (Bech32, 32 bytes). Errors name the file and the line number, never a
 // byte of the line: the file is a secret.
+import { Secret } from './secret.ts';
 import { createPrivateKey, createPublicKey } from 'node:crypto';
 
 const CHARSET = 'qpzry9x8gf2tvdw0s3jn54khce6mua7l';
@@ -124,6 +125,8 @@ export function parseAgeIdentities(text: string, where: string): AgeIdentityInfo
   lines.forEach((raw, i) => {
     const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
     if (line === '' || line.startsWith('#')) return;
+    // Each identity on its own is scrubbed from logs too, not only the file as a whole.
+    new Secret(line.trim());
     const r = lineProblem(line);
     if (typeof r === 'string') throw new AgeKeyError(`age key ${where}: line ${i + 1} ${r}`);
     out.push({ line: i + 1, recipient: r.recipient });

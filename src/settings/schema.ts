@@ -39,7 +39,17 @@ const chartRef = z.union([
   z.strictObject({ path: absPath.describe('A chart .tgz or chart directory, e.g. from the Nix store.') }),
 ]);
 
-const jsonObject = z.record(z.string(), z.unknown());
+const MAX_VALUES_DEPTH = 64;
+function depth(v: unknown, limit: number): number {
+  if (v === null || typeof v !== 'object' || limit < 0) return 0;
+  let d = 0;
+  for (const child of Object.values(v)) d = Math.max(d, depth(child, limit - 1));
+  return d + 1;
+}
+// Values nested absurdly deep would pass here and overflow the stack in render or helm later.
+const jsonObject = z
+  .record(z.string(), z.unknown())
+  .refine((v) => depth(v, MAX_VALUES_DEPTH + 1) <= MAX_VALUES_DEPTH, `expected values nested at most ${MAX_VALUES_DEPTH} levels deep`);
 
 const host = z.strictObject({
   name: hostname.describe('Label under `domain` ("sonarr") or a full name inside it ("sonarr.example.org").'),

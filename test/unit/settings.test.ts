@@ -71,3 +71,8 @@ test('unreadable and non-JSON files are clear errors', () => {
   assert.throws(() => loadSettings(new URL('../../package-lock.json', import.meta.url).pathname.replace('package-lock.json', 'README.md')), /not valid JSON|cannot read/);
 });
 test('a TTL Cloudflare would refuse', () => rejects((s) => (s.hosts[1].ttl = 30), '$.hosts[1].ttl', '60-86400'));
+test('chart values nested absurdly deep are refused, not a stack overflow later', () => {
+  let deep: Record<string, unknown> = {};
+  for (let i = 0; i < 5000; i++) deep = { a: deep };
+  rejects((s) => (s.cilium = { values: deep }), '$.cilium.values', 'at most 64 levels');
+});
