@@ -8,12 +8,13 @@ import { createAdapters } from './adapters/index.ts';
 import { createLogger, type Logger } from './log.ts';
 import { runSteps, succeeded, type Mode, type StepReport } from './engine/run.ts';
 import { acquireLock, LockHeldError } from './engine/lock.ts';
+import { BootstrapLease, KubeLeaseStore, leaseSettingsFromEnv } from './engine/lease.ts';
 import { defaultStateDir, readState, recordRun } from './engine/state.ts';
 import { notifyStatus } from './engine/notify.ts';
 import { formatRendered, render } from './render.ts';
 import { formatPlan, formatSummary } from './format.ts';
 import { STEPS } from './steps/index.ts';
-import { STEP_NAMES, type StepName } from './steps/types.ts';
+import { STEP_NAMES, type Step, type StepName } from './steps/types.ts';
 
 /** Exit codes, documented in README. */
 export const EXIT = { ok: 0, failed: 1, planChanges: 2, usage: 64, badSettings: 65, locked: 75 } as const;
@@ -48,7 +49,7 @@ function needConfig(config: string | undefined): string {
   return config;
 }
 
-async function converge(mode: Mode, settings: Settings, only: StepName[], log: Logger): Promise<StepReport[]> {
+async function converge(mode: Mode, settings: Settings, only: StepName[], log: Logger, lease?: BootstrapLease): Promise<StepReport[]> {
   const credentials = new Credentials(settings);
   const adapters = createAdapters(settings, credentials, log);
   return runSteps(STEPS, {
@@ -56,6 +57,8 @@ async function converge(mode: Mode, settings: Settings, only: StepName[], log: L
     settings,
     only,
     log,
+    // Taken before the first write only, so a run with nothing to do writes nothing.
+    ...(lease ? { beforeWrite: (_step: Step, signal: AbortSignal) => lease.acquire(signal) } : {}),
     context: (step, upstream, signal) => {
       const stepLog = log.child({ step: step.name });
       return {
@@ -148,11 +151,20 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         if (unknown.length > 0) throw new UsageError(`unknown step(s) in --only: ${unknown.join(', ')}; steps are ${STEP_NAMES.join(', ')}`);
         // plan writes to stdout what it would do; its logs go to stderr to keep that clean.
         const log = createLogger({ level: o['log-level'], ...(command === 'plan' ? { destination: process.stderr, pretty: false } : {}) });
+        // One node bootstraps at a time (several k3s servers each run the daemon); plan never writes.
+        const leaseStore = command === 'apply' ? new KubeLeaseStore(new Credentials(settings).path('kubeconfig')) : undefined;
+        const lease = leaseStore ? new BootstrapLease(leaseStore, { ...leaseSettingsFromEnv(), log, onWait: (text) => notifyStatus(text) }) : undefined;
         const release = acquireLock(stateDir);
         const started = Date.now();
         try {
           notifyStatus(`${command}: starting`);
-          const reports = await converge(command, settings, only as StepName[], log);
+          let reports: StepReport[];
+          try {
+            reports = await converge(command, settings, only as StepName[], log, lease);
+          } finally {
+            await lease?.release();
+            leaseStore?.close();
+          }
           // `status` tells about converging runs; a plan changes nothing worth recording.
           if (command === 'apply') recordRun(stateDir, command, started, reports);
           const ok = reports.every(succeeded);
@@ -163,6 +175,11 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
             return reports.some((r) => r.changes.some((c) => c.action !== 'noop')) ? EXIT.planChanges : EXIT.ok;
           }
           io.out(formatSummary(reports));
+          // Another node kept the lease past the wait: not a failure of this node, and systemd retries 75.
+          if (!ok && lease?.gaveUp) {
+            io.err(`${lease.gaveUp.message}\n`);
+            return EXIT.locked;
+          }
           return ok ? EXIT.ok : EXIT.failed;
         } finally {
           log.flush?.();

@@ -36,6 +36,15 @@ export interface RunOptions {
   /** Builds the context of one step (adapters, credentials, logger child...). */
   context(step: Step, upstream: Outputs, signal: AbortSignal): StepContext;
   onReport?(report: StepReport): void;
+  /**
+   * Called in apply mode before a step that has something to do (a change other than noop)
+   * runs change(), e.g. to take the cluster-wide lease. Resolves to the time (performance.now())
+   * since which this run has been the only writer, or undefined when that is unknown: a step
+   * whose state was read before that time reads it again (another node may have done the work
+   * while this one waited) and writes only what is still to do. Throwing fails the attempt like
+   * any error of the step (retried when transient).
+   */
+  beforeWrite?(step: Step, signal: AbortSignal): Promise<number | undefined>;
   /** Test seam for backoff sleeps. */
   sleep?(ms: number, signal: AbortSignal): Promise<void>;
 }
@@ -145,9 +154,18 @@ export async function runSteps(steps: readonly Step[], opts: RunOptions): Promis
         try {
           const ctx = opts.context(step, upstream, deadline.signal);
           const want = step.want(ctx.settings, upstream);
-          const have = await step.have(ctx, want);
-          const changes = step.changes(want, have);
-          const actionable = changes.some((c) => c.action !== 'noop');
+          const readAt = performance.now();
+          let have = await step.have(ctx, want);
+          let changes = step.changes(want, have);
+          let actionable = changes.some((c) => c.action !== 'noop');
+          if (!observeOnly && actionable && opts.beforeWrite) {
+            const exclusiveSince = await opts.beforeWrite(step, deadline.signal);
+            if (exclusiveSince !== undefined && exclusiveSince > readAt) {
+              have = await step.have(ctx, want);
+              changes = step.changes(want, have);
+              actionable = changes.some((c) => c.action !== 'noop');
+            }
+          }
           let out: Outputs = step.outputs?.(want, have) ?? {};
           if (!observeOnly && actionable) {
             out = { ...out, ...((await step.change(ctx, changes, want, have)) ?? {}) };
