@@ -88,7 +88,7 @@ interface Connection {
   request: typeof https.request;
 }
 
-interface RawResponse {
+export interface RawResponse {
   status: number;
   headers: http.IncomingHttpHeaders;
   text: string;
@@ -248,6 +248,11 @@ export class KubeClient {
     });
     this.log.debug({ method, path: url.pathname, status: res.status, ms: Math.round(performance.now() - started) }, 'kube request');
     return res;
+  }
+
+  /** A plain request with this client's credentials, for verbs server-side apply cannot say (the Lease's create-if-absent and compare-and-swap). */
+  raw(method: string, path: string, o: RequestOptions = {}): Promise<RawResponse> {
+    return this.#request(method, path, o);
   }
 
   #transportError(method: string, path: string, e: unknown, signal: AbortSignal | undefined): unknown {

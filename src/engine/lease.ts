@@ -17,13 +17,10 @@
 // API itself refuses a second tunnel of the same name (1013) and a duplicate record (81053),
 // which the adapter turns into "found it, continue".
 import { readFileSync } from 'node:fs';
-import { dirname } from 'node:path';
 import { hostname } from 'node:os';
-import * as http from 'node:http';
-import * as https from 'node:https';
-import type { Logger } from 'pino';
+import { pino, type Logger } from 'pino';
 import { TransientError } from './errors.ts';
-import { apiError, FIELD_MANAGER, OWNER_LABEL, USER_AGENT } from '../adapters/kube.ts';
+import { apiError, FIELD_MANAGER, KubeClient, OWNER_LABEL, type RawResponse } from '../adapters/kube.ts';
 
 export const LEASE_NAMESPACE = 'kube-system';
 export const LEASE_NAME = 'homelab-bootstrap';
@@ -451,99 +448,37 @@ export class BootstrapLease {
 
 // ---- the store: the apiserver -----------------------------------------------------------
 
-interface Conn {
-  server: URL;
-  request: typeof https.request;
-  agent: http.Agent;
-  kc: import('@kubernetes/client-node').KubeConfig;
-}
-
 /**
  * The Lease through the apiserver: a create that fails when it exists (POST) and a replace
- * conditional on resourceVersion (PUT) are what mutual exclusion needs, and KubeClient offers
- * neither (it writes by server-side apply only). Credentials and TLS come from the kubeconfig
- * through @kubernetes/client-node, as in KubeClient; errors map through the same apiError().
+ * conditional on resourceVersion (PUT) are what mutual exclusion needs; KubeClient writes by
+ * server-side apply only, so this store sends those two verbs over KubeClient's raw requests
+ * (same kubeconfig handling, TLS and user agent); errors map through the same apiError().
  */
 export class KubeLeaseStore implements LeaseStore {
   readonly kubeconfigPath: string;
-  #conn: Conn | undefined;
+  readonly #kube: KubeClient;
   readonly #timeoutMs: number;
 
-  constructor(kubeconfigPath: string, opts: { timeoutMs?: number } = {}) {
+  constructor(kubeconfigPath: string, opts: { timeoutMs?: number; log?: Logger } = {}) {
     this.kubeconfigPath = kubeconfigPath;
+    this.#kube = new KubeClient(kubeconfigPath, opts.log ?? pino({ level: 'silent' }));
     this.#timeoutMs = opts.timeoutMs ?? 10_000;
   }
 
-  async #connection(): Promise<Conn> {
-    if (this.#conn) return this.#conn;
-    const { KubeConfig } = await import('@kubernetes/client-node');
-    const path = this.kubeconfigPath;
-    let text: string;
+  async #call(method: string, path: string, body?: LeaseObject): Promise<RawResponse> {
     try {
-      text = readFileSync(path, 'utf8');
+      return await this.#kube.raw(method, path, { ...(body === undefined ? {} : { body: JSON.stringify(body) }), timeoutMs: this.#timeoutMs });
     } catch (e) {
-      throw new Error(`kubeconfig ${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
-    }
-    const kc = new KubeConfig();
-    try {
-      kc.loadFromString(text);
-      kc.makePathsAbsolute(dirname(path));
-    } catch {
-      // The parser's message quotes the file, which holds credentials.
-      throw new Error(`kubeconfig ${path} is not a valid kubeconfig`);
-    }
-    const server = kc.getCurrentCluster()?.server;
-    if (!server) throw new Error(`kubeconfig ${path} names no current cluster with a server`);
-    const url = new URL(server);
-    const tls = url.protocol === 'https:';
-    this.#conn = {
-      server: url,
-      kc,
-      request: tls ? https.request : (http.request as typeof https.request),
-      agent: tls ? new https.Agent({ keepAlive: true, maxSockets: 2 }) : new http.Agent({ keepAlive: true, maxSockets: 2 }),
-    };
-    return this.#conn;
-  }
-
-  async #call(method: string, path: string, body?: LeaseObject): Promise<{ status: number; text: string; headers: http.IncomingHttpHeaders }> {
-    let conn: Conn;
-    try {
-      conn = await this.#connection();
-    } catch (e) {
+      // Unreachable, or a kubeconfig that cannot be used: the run goes on without the lease.
       throw new LeaseUnavailableError(message(e), { cause: e });
     }
-    // Per request: exec-plugin and file tokens may rotate.
-    const opts: https.RequestOptions = {};
-    await conn.kc.applyToHTTPSOptions(opts);
-    const headers: Record<string, string> = { Accept: 'application/json', 'User-Agent': USER_AGENT };
-    for (const [k, v] of Object.entries(opts.headers ?? {})) if (v !== undefined) headers[k] = String(v);
-    if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString('base64')}`;
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    if (payload !== undefined) {
-      headers['Content-Type'] = 'application/json';
-      headers['Content-Length'] = String(Buffer.byteLength(payload));
-    }
-    const url = new URL(path, conn.server);
-    const tlsOpts: https.RequestOptions = {};
-    for (const k of ['ca', 'cert', 'key', 'rejectUnauthorized', 'servername'] as const) if (opts[k] !== undefined) (tlsOpts as Record<string, unknown>)[k] = opts[k];
-    return new Promise((resolve, reject) => {
-      const req = conn.request(url, { method, headers, agent: conn.agent, timeout: this.#timeoutMs, ...tlsOpts }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8'), headers: res.headers }));
-        res.on('error', reject);
-      });
-      req.on('timeout', () => req.destroy(Object.assign(new Error('request timed out'), { code: 'ETIMEDOUT' })));
-      req.on('error', (e: NodeJS.ErrnoException) => reject(new LeaseUnavailableError(`${method} ${url.pathname}: cannot reach the API server at ${conn.server.origin} (${e.code ?? e.message})`, { cause: e })));
-      req.end(payload);
-    });
   }
 
   #path(name?: string): string {
     return `/apis/coordination.k8s.io/v1/namespaces/${LEASE_NAMESPACE}/leases${name ? `/${name}` : ''}`;
   }
 
-  #fail(res: { status: number; text: string; headers: http.IncomingHttpHeaders }, what: string): Error {
+  #fail(res: RawResponse, what: string): Error {
     if (res.status === 401 || res.status === 403) {
       return new LeaseUnavailableError(`${what}: HTTP ${res.status}: the API server refused the credentials of the kubeconfig ${this.kubeconfigPath}`);
     }
@@ -573,7 +508,6 @@ export class KubeLeaseStore implements LeaseStore {
   }
 
   close(): void {
-    this.#conn?.agent.destroy();
-    this.#conn = undefined;
+    this.#kube.close();
   }
 }
