@@ -12,18 +12,14 @@
 //      in 3 rounds interleaved with our no-op (the machine is small and shared: medians);
 //   3. process start-up (`--version`, median of 5) and the peak RSS of the no-op run.
 // It ends with one line: `no-op apply: W writes, R reads, T ms, ratio-vs-naive X`.
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { execFileSync, spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { startControlPlane, type ControlPlane } from '../test/rig/control-plane.ts';
+import { spawn } from 'node:child_process';
 import { playCiliumOperator } from '../test/rig/crds.ts';
 import { binDir, binPath, repoRoot } from '../test/rig/binaries.ts';
 import { auditMark, countRequests, type RequestCounts } from '../test/rig/audit.ts';
-import { CloudflareEmulator } from '../test/rig/cloudflare-emulator.ts';
 import { readState } from '../src/engine/state.ts';
-import { demoSettings } from './demo.ts';
+import { startSite } from '../test/rig/bootstrap-run.ts';
 
 const say = (line = '') => process.stdout.write(`${line}\n`);
 const cli = join(repoRoot, 'src', 'cli.ts');
@@ -78,21 +74,11 @@ interface Releases {
 }
 
 async function main(): Promise<number> {
-  const dir = mkdtempSync(join(tmpdir(), 'hb-bench-'));
   say('starting a real kube-apiserver + etcd on loopback and the Cloudflare emulator...');
-  let cp: ControlPlane | undefined;
-  let emu: CloudflareEmulator | undefined;
+  // No Cilium CRDs: the cold apply is a real cold start; the rig plays cilium-operator below.
+  const site = await startSite({ ciliumCrds: false });
+  const { cp, emu, config, dir } = site;
   try {
-    cp = await startControlPlane({ log: () => {} });
-    const token = randomBytes(24).toString('hex');
-    const accountId = randomBytes(16).toString('hex');
-    emu = await CloudflareEmulator.start({ token, accountId, zones: ['peterstorm.io'] });
-    const ageKeyFile = join(dir, 'keys.txt');
-    execFileSync(binPath('age-keygen'), ['-o', ageKeyFile], { stdio: 'ignore' });
-    const tokenFile = join(dir, 'cloudflare-token');
-    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
-    const config = join(dir, 'homelab.json');
-    writeFileSync(config, JSON.stringify(demoSettings({ dir, kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId }), null, 2));
     const stateDir = join(dir, 'state');
     // helm history runs as the rig's own user so that it never shows up in the counted requests.
     const rigKubeconfig = join(cp.dir, 'rig-kubeconfig');
@@ -149,12 +135,12 @@ async function main(): Promise<number> {
     const phase = async (body: () => Promise<{ ms: number; ok: boolean; detail: string }>): Promise<Phase> => {
       const before = await revisions();
       rmSync(helmCalls, { force: true });
-      emu!.resetLog();
-      const mark = await auditMark(cp!);
+      emu.resetLog();
+      const mark = await auditMark(cp);
       const r = await body();
-      const kube = await countRequests(cp!, { since: mark });
-      const cf = emu!.countByMethod();
-      const cfWrites = emu!.writes().length;
+      const kube = await countRequests(cp, { since: mark });
+      const cf = emu.countByMethod();
+      const cfWrites = emu.writes().length;
       const helm = helmCount();
       const after = await revisions();
       const newRevisions = Object.keys(after).filter((k) => after[k]! > before[k]!).map((k) => `${k} ${before[k]} -> ${after[k]}`);
@@ -216,9 +202,9 @@ async function main(): Promise<number> {
       const started = performance.now();
       for (const [i, r] of rendered.helmReleases.entries()) {
         if (!r.chart.path) throw new Error(`release ${r.name}: the bench expects a local chart path`);
-        await must(`helm upgrade ${r.name}`, run('helm', ['upgrade', '--install', r.name, r.chart.path, '--namespace', r.namespace, '--create-namespace', '--values', valueFiles[i]!, '--kubeconfig', cp!.kubeconfigPath], env));
+        await must(`helm upgrade ${r.name}`, run('helm', ['upgrade', '--install', r.name, r.chart.path, '--namespace', r.namespace, '--create-namespace', '--values', valueFiles[i]!, '--kubeconfig', cp.kubeconfigPath], env));
       }
-      await must('kubectl apply', run(binPath('kubectl'), ['apply', '--server-side', '--field-manager=homelab-bootstrap', '--force-conflicts', '-f', objectsFile, '--kubeconfig', cp!.kubeconfigPath], env));
+      await must('kubectl apply', run(binPath('kubectl'), ['apply', '--server-side', '--field-manager=homelab-bootstrap', '--force-conflicts', '-f', objectsFile, '--kubeconfig', cp.kubeconfigPath], env));
       return { ms: performance.now() - started, ok: true, detail: `${rendered.helmReleases.length} helm upgrade --install, then kubectl apply --server-side of ${objects.length} objects` };
     };
 
@@ -273,9 +259,7 @@ async function main(): Promise<number> {
     say(`no-op apply: ${writes} writes, ${reads} reads, ${Math.round(ourMs)} ms, ratio-vs-naive ${ratio.toFixed(1)}`);
     return ok ? 0 : 1;
   } finally {
-    await emu?.stop();
-    await cp?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await site.stop();
   }
 }
 

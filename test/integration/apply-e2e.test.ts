@@ -4,28 +4,22 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { playCiliumOperator } from '../rig/crds.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
-import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
-import { CloudflareEmulator } from '../rig/cloudflare-emulator.ts';
-import { demoSettings } from '../../scripts/demo.ts';
+import { binPath, repoRoot } from '../rig/binaries.ts';
+import { startSite, ZONE, type Site } from '../rig/bootstrap-run.ts';
 
-let cp: ControlPlane;
-let emu: CloudflareEmulator;
-let dir: string;
+let site: Site;
+let cp: Site['cp'];
+let emu: Site['emu'];
 let settings: Record<string, any>;
-const config = () => join(dir, 'settings.json');
+const config = () => site.config;
 
 function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(repoRoot, 'src', 'cli.ts'), ...args, '--state-dir', join(dir, 'state')], {
-      env: { PATH: `${binDir()}:${process.env.PATH}`, HOME: dir, LOG_LEVEL: 'info' },
-    });
+    const child = spawn(process.execPath, [join(repoRoot, 'src', 'cli.ts'), ...args, '--state-dir', join(site.dir, 'state')], { env: site.env });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -41,23 +35,13 @@ function helmRevisions(release: string, ns: string): number {
 }
 
 before(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'hb-e2e-'));
-  cp = await startControlPlane();
-  const token = randomBytes(24).toString('hex');
-  const accountId = randomBytes(16).toString('hex');
-  emu = await CloudflareEmulator.start({ token, accountId, zones: ['peterstorm.io'] });
-  const ageKeyFile = join(dir, 'keys.txt');
-  execFileSync(binPath('age-keygen'), ['-o', ageKeyFile], { stdio: 'ignore' });
-  const tokenFile = join(dir, 'token');
-  writeFileSync(tokenFile, token, { mode: 0o600 });
-  settings = demoSettings({ dir, kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId });
-  writeFileSync(config(), JSON.stringify(settings));
+  // No Cilium CRDs: the cold apply below waits for the stand-in operator.
+  site = await startSite({ ciliumCrds: false });
+  ({ cp, emu, settings } = site);
 });
 
 after(async () => {
-  await emu?.stop();
-  await cp?.stop();
-  rmSync(dir, { recursive: true, force: true });
+  await site?.stop();
 });
 
 test('plan on an empty cluster exits 2 and lists what apply will create', async () => {
@@ -77,7 +61,7 @@ test('cold apply converges every step, waiting for the Cilium CRDs that appear 5
   const lines = r.out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
   assert.ok(lines.length > 0 && lines.every((l) => typeof l.msg === 'string'), 'JSON log lines with a readable msg');
   assert.ok(lines.filter((l) => l.event === 'finish').every((l) => typeof l.step === 'string' && typeof l.durationMs === 'number'));
-  assert.equal(emu.records('peterstorm.io').length, 9);
+  assert.equal(emu.records(ZONE).length, 9);
   assert.equal(emu.liveTunnels().length, 1);
 });
 

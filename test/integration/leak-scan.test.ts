@@ -21,7 +21,7 @@ import { playCiliumOperator } from '../rig/crds.ts';
 import { kubeJson } from '../rig/kube-http.ts';
 import { CloudflareEmulator } from '../rig/cloudflare-emulator.ts';
 import { readState } from '../../src/engine/state.ts';
-import { demoSettings } from '../../scripts/demo.ts';
+import { demoSettings } from '../rig/bootstrap-run.ts';
 
 const cli = join(repoRoot, 'src', 'cli.ts');
 

@@ -2,7 +2,7 @@
 // the Cloudflare emulator, the demo settings pointed at them, and what it takes to start, watch
 // and SIGKILL `homelab-bootstrap apply`, then compare what it left with another site's end state.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -12,7 +12,6 @@ import { CloudflareEmulator } from './cloudflare-emulator.ts';
 import { installCrds, sharedCrdsDir } from './crds.ts';
 import { kubeJson } from './kube-http.ts';
 import { removeOnExit } from './processes.ts';
-import { demoSettings } from '../../scripts/demo.ts';
 import { bootId, parseHolder } from '../../src/engine/lease.ts';
 
 export const CF_TOKEN = 'cf-token-of-the-bootstrap-site-0123456789';
@@ -29,6 +28,26 @@ export interface Site {
   /** Environment of the CLI: helm from .bin, nothing secret. */
   env: NodeJS.ProcessEnv;
   stop(): Promise<void>;
+}
+
+/** The argo-cd fixture chart with Argo CD's real CRDs in crds/, as the real chart ships them. */
+export function argoChartWithCrds(dir: string): string {
+  const chart = join(dir, 'argo-cd');
+  cpSync(join(repoRoot, 'test', 'fixtures', 'charts', 'argo-cd'), chart, { recursive: true });
+  mkdirSync(join(chart, 'crds'), { recursive: true });
+  cpSync(join(sharedCrdsDir, 'argocd'), join(chart, 'crds'), { recursive: true });
+  return chart;
+}
+
+/** Settings of examples/homelab.json pointed at the local rig. */
+export function demoSettings(opts: { dir: string; kubeconfig: string; ageKeyFile: string; tokenFile: string; apiBaseUrl: string; accountId: string }): Record<string, any> {
+  const s = JSON.parse(readFileSync(join(repoRoot, 'examples', 'homelab.json'), 'utf8')) as Record<string, any>;
+  s.kubeconfigFile = opts.kubeconfig;
+  s.sops = { ageKeyFile: opts.ageKeyFile };
+  s.cilium = { chart: { path: join(repoRoot, 'test', 'fixtures', 'charts', 'cilium') }, waitForReady: false };
+  s.argocd = { chart: { path: argoChartWithCrds(opts.dir) } };
+  s.cloudflare = { ...s.cloudflare, accountId: opts.accountId, apiTokenFile: opts.tokenFile, apiBaseUrl: opts.apiBaseUrl };
+  return s;
 }
 
 /**
