@@ -21,6 +21,7 @@ import {
   changeCount,
   descendants,
   duplicates,
+  cleanRunEndState,
   endState,
   helmList,
   outcomes,
@@ -34,26 +35,20 @@ import {
   type Site,
 } from '../rig/bootstrap-run.ts';
 
-let ref: Site;
 let site: Site;
 let reference: EndState;
 let referenceReady: Promise<void>;
 const stateDir = () => join(site.dir, 'state');
 
 before(async () => {
-  [ref, site] = await Promise.all([startSite(), startSite()]);
   // The clean run on its own site goes on while the first test kills runs on the other; each
   // comparison awaits it.
-  referenceReady = (async () => {
-    await runToEnd(ref, { stateDir: join(ref.dir, 'state') });
-    reference = await endState(ref);
-    await ref.stop();
-  })();
+  referenceReady = cleanRunEndState().then((r) => void (reference = r));
   referenceReady.catch(() => {}); // reported where awaited
+  site = await startSite();
 });
 
 after(async () => {
-  await ref?.stop();
   await site?.stop();
 });
 

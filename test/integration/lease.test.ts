@@ -10,7 +10,7 @@ import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { kubeJson, kubeRequest } from '../rig/kube-http.ts';
-import { changeCount, endState, outcomes, runToEnd, startCli, startSite, type EndState, type LogLine, type Site } from '../rig/bootstrap-run.ts';
+import { changeCount, cleanRunEndState, endState, outcomes, runToEnd, startCli, startSite, type EndState, type LogLine, type Site } from '../rig/bootstrap-run.ts';
 import { pino } from 'pino';
 import { createLogger } from '../../src/log.ts';
 import { parseSettings } from '../../src/settings/load.ts';
@@ -22,7 +22,6 @@ import { BootstrapLease, bootId, holderIdentity, KubeLeaseStore, LeaseHeldError,
 const LEASE_PATH = `/apis/coordination.k8s.io/v1/namespaces/${LEASE_NAMESPACE}/leases/${LEASE_NAME}`;
 const micro = (d = new Date()) => d.toISOString().replace(/\.(\d{3})Z$/, '.$1000Z');
 
-let ref: Site;
 let site: Site;
 let reference: EndState;
 
@@ -66,19 +65,14 @@ const timeOf = (l: LogLine | undefined) => (l?.time ? Date.parse(l.time) : NaN);
 let referenceReady: Promise<void>;
 
 before(async () => {
-  [ref, site] = await Promise.all([startSite(), startSite()]);
   // The end state of one clean run on its own cluster: what two racing nodes must add up to.
   // It goes on while the first test runs; comparisons await it.
-  referenceReady = (async () => {
-    await runToEnd(ref, { stateDir: join(ref.dir, 'state') });
-    reference = await endState(ref);
-    await ref.stop();
-  })();
+  referenceReady = cleanRunEndState().then((r) => void (reference = r));
   referenceReady.catch(() => {}); // reported where awaited
+  site = await startSite();
 });
 
 after(async () => {
-  await ref?.stop();
   await site?.stop();
 });
 

@@ -391,6 +391,17 @@ export interface EndState {
 }
 
 /** What the site holds after a run, comparable across sites (tunnel ids and tokens replaced by placeholders). */
+/** The end state of one clean apply on a site of its own: what killed or racing runs must add up to. */
+export async function cleanRunEndState(): Promise<EndState> {
+  const ref = await startSite();
+  try {
+    await runToEnd(ref, { stateDir: join(ref.dir, 'state') });
+    return await endState(ref);
+  } finally {
+    await ref.stop();
+  }
+}
+
 export async function endState(site: Pick<Site, 'cp' | 'emu'>): Promise<EndState> {
   const { cp, emu } = site;
   const tunnels = emu.liveTunnels();
