@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Builds the real binaries the tests and the demo run (kube-apiserver, etcd, kubectl, helm,
-# sops, age, kustomize, ksops) from the Go module proxy, pinned, into an ignored folder. Needs only `go`.
+# Builds the real binaries the tests and the demo run (kube-apiserver, kube-controller-manager,
+# kube-scheduler, etcd, kubectl, kwok, helm 3 and helm 4, sops, age, kustomize, ksops) from the Go module proxy, pinned, into an ignored folder. Needs only `go`.
 # A warm cache (the folder, or Go's own build cache) makes a rerun take seconds; from nothing it
-# takes about 18 minutes on 2 cores.
+# takes about 25 minutes on 2 cores.
 set -euo pipefail
 
 K8S_VERSION=1.36.3          # k8s.io/kubernetes; staging modules are v0.${minor}.${patch}
-HELM_VERSION=3.21.4
+HELM_VERSION=3.22.0
+HELM4_VERSION=4.3.2          # nixpkgs is moving kubernetes-helm to Helm 4: the Helm suites run on both
+KWOK_VERSION=0.8.0          # simulated kubelet: Pods get scheduled and become Ready
 SOPS_VERSION=3.11.0
 AGE_VERSION=1.2.1
 # ksops v4.5.1. Its go.mod says github.com/viaduct-ai/kustomize-sops without /v4, so the v4 tags
@@ -18,7 +20,7 @@ KUSTOMIZE_VERSION=5.8.1    # standalone: `kubectl kustomize` has no --enable-exe
 script="${BASH_SOURCE[0]}"
 root="$(cd "$(dirname "$script")/.." && pwd)"
 bin="${HB_BIN_DIR:-$root/.bin}"
-required=(kube-apiserver etcd kubectl helm sops age age-keygen kustomize ksops)
+required=(kube-apiserver kube-controller-manager kube-scheduler etcd kubectl kwok helm helm4 sops age age-keygen kustomize ksops)
 mkdir -p "$bin"
 
 # Two runs at once would share the wrapper module and overwrite each other's outputs; the
@@ -84,6 +86,8 @@ package tools
 import (
 	_ "go.etcd.io/etcd/server/v3"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
@@ -93,10 +97,18 @@ GO
   go get k8s.io/kubernetes@v$K8S_VERSION go.etcd.io/etcd/server/v3@v$ETCD_VERSION >/dev/null
   go mod tidy -e >/dev/null 2>&1 || true
   go build -trimpath -ldflags="$k8s_ldflags" -o "$bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  go build -trimpath -ldflags="$k8s_ldflags" -o "$bin/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager
+  go build -trimpath -ldflags="$k8s_ldflags" -o "$bin/kube-scheduler" k8s.io/kubernetes/cmd/kube-scheduler
   go build -trimpath -ldflags="$k8s_ldflags" -o "$bin/kubectl" k8s.io/kubernetes/cmd/kubectl
   go build -trimpath -ldflags=-s -o "$bin/etcd" go.etcd.io/etcd/server/v3
 )
 GOBIN="$bin" go install -trimpath -ldflags="$helm_ldflags" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
+# Helm 4 lands as helm4 beside helm 3 (HB_HELM picks one for the tests).
+helm4_dir="$bin/.helm4"
+mkdir -p "$helm4_dir"
+GOBIN="$helm4_dir" go install -trimpath -ldflags="-s -X helm.sh/helm/v4/internal/version.version=v$HELM4_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean -X helm.sh/helm/v4/internal/version.metadata=" "helm.sh/helm/v4/cmd/helm@v$HELM4_VERSION"
+mv -f "$helm4_dir/helm" "$bin/helm4"
+GOBIN="$bin" go install -trimpath -ldflags=-s "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
 GOBIN="$bin" go install -trimpath -ldflags=-s "github.com/getsops/sops/v3/cmd/sops@v$SOPS_VERSION"
 GOBIN="$bin" go install -trimpath -ldflags=-s "filippo.io/age/cmd/...@v$AGE_VERSION"
 GOBIN="$bin" go install -trimpath -ldflags=-s "sigs.k8s.io/kustomize/kustomize/v5@v$KUSTOMIZE_VERSION"

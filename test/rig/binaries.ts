@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-export type BinaryName = 'kube-apiserver' | 'etcd' | 'kubectl' | 'helm' | 'sops' | 'age' | 'age-keygen' | 'kustomize' | 'ksops';
+export type BinaryName = 'kube-apiserver' | 'kube-controller-manager' | 'kube-scheduler' | 'etcd' | 'kubectl' | 'kwok' | 'helm' | 'helm4' | 'sops' | 'age' | 'age-keygen' | 'kustomize' | 'ksops';
 
 export function binDir(): string {
   return process.env.HB_BIN_DIR ? resolve(process.env.HB_BIN_DIR) : join(repoRoot, '.bin');
