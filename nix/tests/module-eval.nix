@@ -445,7 +445,6 @@ in
         inherit (d) warnings;
         inherit (details d) settingsJSON;
         inherit (d.systemd.services.homelab-bootstrap.serviceConfig) LoadCredential;
-        restartUnits = lib.mapAttrs (_: s: s.restartUnits) d.sops.secrets;
       };
 
   sops = {
