@@ -332,10 +332,12 @@ in
         rejected by the daemon if it does not know them either.
 
         Never put a secret here: the store is world-readable. The credential fields
-        (`kubeconfigFile`, `sops.ageKeyFile`, `cloudflare.apiTokenFile`) hold paths and are
-        set from [](#opt-services.homelab-bootstrap.kubeconfigFile),
-        [](#opt-services.homelab-bootstrap.ageKeyFile) and
-        [](#opt-services.homelab-bootstrap.cloudflare.apiTokenFile).
+        (`kubeconfigFile`, `sops.ageKeyFile`, `cloudflare.apiTokenFile`,
+        `gitops.repoCredentialFile`) hold paths and are set from
+        [](#opt-services.homelab-bootstrap.kubeconfigFile),
+        [](#opt-services.homelab-bootstrap.ageKeyFile),
+        [](#opt-services.homelab-bootstrap.cloudflare.apiTokenFile) and
+        [](#opt-services.homelab-bootstrap.gitops.repoCredentialFile).
       '';
     };
 
@@ -474,13 +476,15 @@ in
         type = types.bool;
         default = true;
         description = ''
-          Enable a k3s server configured for Cilium: `--flannel-backend=none`,
-          `--disable-network-policy`, `--disable-kube-proxy` (Cilium replaces kube-proxy),
-          `servicelb` and `traefik` disabled (Cilium announces LoadBalancer IPs and serves
-          Ingress), the kubeconfig left root-only, the firewall's reverse-path filter set to
-          `loose` (strict drops Cilium's traffic) and the kernel modules Cilium's iptables
-          rules use loaded. Contradicting k3s flags fail evaluation. Turn off when k3s is
-          managed elsewhere.
+          Enable a k3s server configured for Cilium: `flannel-backend: none`,
+          `disable-network-policy`, `disable-kube-proxy` (Cilium replaces kube-proxy) in the
+          config drop-in `/etc/rancher/k3s/config.yaml.d/50-homelab-bootstrap.yaml` (so
+          `services.k3s.extraFlags` can be a string or a list), `servicelb` and `traefik`
+          disabled (Cilium announces LoadBalancer IPs and serves Ingress), the kubeconfig left
+          root-only, the firewall's reverse-path filter set to `loose` (strict drops Cilium's
+          traffic) unless the kernel has no rpfilter support, and the kernel modules Cilium's
+          iptables rules use loaded (the legacy `ip_tables` family only without nftables).
+          Contradicting k3s flags fail evaluation. Turn off when k3s is managed elsewhere.
         '';
       };
       openFirewall = mkOption {
