@@ -276,6 +276,22 @@ test('credentials, steps and exit statuses are the names the daemon uses', () =>
   else assert.ok(!Object.values(exits).includes(contract.dnsConflictsExitStatus), `exit status ${contract.dnsConflictsExitStatus} means something else to the daemon`);
 });
 
+test("the package's source fileset names files that exist (CI's Nix 2.8 cannot evaluate lib.fileset)", () => {
+  // lib.fileset needs builtins.readFileType (Nix 2.14); a renamed or deleted file would only
+  // fail `nix build`, which CI cannot run. What tsconfig.build.json compiles must be in it too.
+  const nix = readFileSync(path('nix', 'package.nix'), 'utf8');
+  const block = /fileset = lib\.fileset\.unions \[([\s\S]*?)\];/.exec(nix)?.[1];
+  assert.ok(block, 'nix/package.nix has no `fileset = lib.fileset.unions [ … ]`');
+  const entries = [...block.matchAll(/(\(lib\.fileset\.maybeMissing )?\.\.\/([A-Za-z0-9._/-]+)/g)].map((m) => ({ file: m[2]!, optional: !!m[1] }));
+  assert.ok(entries.length >= 5, `only ${entries.length} fileset entries found`);
+  for (const e of entries) if (!e.optional) assert.ok(existsSync(path(e.file)), `nix/package.nix's fileset names ../${e.file}, which does not exist`);
+  const files = new Set(entries.map((e) => e.file));
+  const build = JSON.parse(readFileSync(path('tsconfig.build.json'), 'utf8')) as { extends?: string; include: string[] };
+  for (const f of [...build.include, build.extends?.replace(/^\.\//, '')].filter((x): x is string => !!x)) {
+    assert.ok(files.has(f), `tsconfig.build.json uses ${f}, which the package's fileset leaves out`);
+  }
+});
+
 const nixBlocks = (): string[] => [...readFileSync(path('docs', 'nixos.md'), 'utf8').matchAll(/```nix\n([\s\S]*?)```/g)].map((m) => m[1]!);
 /** The configuration.nix of the quick start. */
 const quickStart = (): string => {
