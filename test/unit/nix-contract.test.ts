@@ -552,4 +552,11 @@ test('docs/nixos.md: the configuration.nix quick start parses and is SPEC.md’s
   for (const v of ['192.168.0.240', '192.168.0.250', '192.168.0.241', 'peterstorm.io', 'flannel', 'sops.age.keyFile', 'cloudflare.apiTokenFile']) {
     assert.ok(doc.includes(v), `docs/nixos.md does not mention ${v}`);
   }
+  // Its firewall table says, per port the module opens, who needs it.
+  const firewall = /\n## Firewall\n([\s\S]*?)\n## /.exec(doc)?.[1] ?? '';
+  const rows = firewall.split('\n').filter((l) => /^\| (TCP|UDP) /.test(l));
+  for (const port of [80, 443, ...POD_ONLY_PORTS]) {
+    assert.ok(rows.some((r) => new RegExp(`^\\| TCP [^|]*\\b${port}\\b[^|]*\\|[^|]+\\|\\s*\\S`).test(r)), `docs/nixos.md's firewall table has no row saying who needs TCP ${port}`);
+  }
+  assert.match(firewall, /UDP 8472/);
 });
