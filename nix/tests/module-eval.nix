@@ -84,134 +84,134 @@ let
       fw = config.networking.firewall;
     in
     {
-    options = {
-      assertions = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
-      };
-      warnings = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      services.k3s = {
-        enable = mkOption {
-          type = types.bool;
-          default = false;
-        };
-        role = mkOption {
-          type = types.enum [
-            "server"
-            "agent"
-          ];
-          default = "server";
-        };
-        extraFlags = mkOption {
-          type = with types; either str (listOf str);
+      options = {
+        assertions = mkOption {
+          type = types.listOf types.unspecified;
           default = [ ];
         };
-        configPath = mkOption {
-          type = types.nullOr types.path;
-          default = null;
-        };
-        disable = mkOption {
+        warnings = mkOption {
           type = types.listOf types.str;
           default = [ ];
         };
-        extraKubeProxyConfig = mkOption {
-          type = types.attrsOf types.anything;
+        services.k3s = {
+          enable = mkOption {
+            type = types.bool;
+            default = false;
+          };
+          role = mkOption {
+            type = types.enum [
+              "server"
+              "agent"
+            ];
+            default = "server";
+          };
+          extraFlags = mkOption {
+            type = with types; either str (listOf str);
+            default = [ ];
+          };
+          configPath = mkOption {
+            type = types.nullOr types.path;
+            default = null;
+          };
+          disable = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+          };
+          extraKubeProxyConfig = mkOption {
+            type = types.attrsOf types.anything;
+            default = { };
+          };
+        };
+        environment.etc = mkOption {
+          type = types.attrsOf (
+            types.submodule {
+              options.text = mkOption {
+                type = types.nullOr types.lines;
+                default = null;
+              };
+            }
+          );
+          default = { };
+        };
+        networking.nftables = {
+          enable = mkOption {
+            type = types.bool;
+            default = false;
+          };
+          flushRuleset = mkOption {
+            type = types.bool;
+            default = false;
+          };
+        };
+        networking.firewall = {
+          enable = mkOption {
+            type = types.bool;
+            default = true;
+          };
+          backend = mkOption {
+            type = types.enum [
+              "iptables"
+              "nftables"
+              "firewalld"
+            ];
+            default = if config.networking.nftables.enable then "nftables" else "iptables";
+          };
+          extraCommands = mkOption {
+            type = types.lines;
+            default = "";
+          };
+          extraInputRules = mkOption {
+            type = types.lines;
+            default = "";
+          };
+          checkReversePath = mkOption {
+            type = types.either types.bool (
+              types.enum [
+                "strict"
+                "loose"
+              ]
+            );
+            default = true;
+          };
+          allowedTCPPorts = mkOption {
+            type = types.listOf types.port;
+            default = [ ];
+          };
+          allowedUDPPorts = mkOption {
+            type = types.listOf types.port;
+            default = [ ];
+          };
+        };
+        boot.kernelModules = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        boot.blacklistedKernelModules = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        systemd.services = mkOption {
+          type = unitType;
+          default = { };
+        };
+        systemd.timers = mkOption {
+          type = unitType;
           default = { };
         };
       };
-      environment.etc = mkOption {
-        type = types.attrsOf (
-          types.submodule {
-            options.text = mkOption {
-              type = types.nullOr types.lines;
-              default = null;
-            };
-          }
-        );
-        default = { };
-      };
-      networking.nftables = {
-        enable = mkOption {
-          type = types.bool;
-          default = false;
-        };
-        flushRuleset = mkOption {
-          type = types.bool;
-          default = false;
-        };
-      };
-      networking.firewall = {
-        enable = mkOption {
-          type = types.bool;
-          default = true;
-        };
-        backend = mkOption {
-          type = types.enum [
-            "iptables"
-            "nftables"
-            "firewalld"
+      config = lib.mkMerge [
+        # nftables.nix
+        (lib.mkIf config.networking.nftables.enable { boot.blacklistedKernelModules = [ "ip_tables" ]; })
+        # firewall-nftables.nix
+        (lib.mkIf (fw.enable && fw.backend == "nftables") {
+          assertions = [
+            {
+              assertion = fw.extraCommands == "";
+              message = "extraCommands is incompatible with the nftables based firewall: ${fw.extraCommands}";
+            }
           ];
-          default = if config.networking.nftables.enable then "nftables" else "iptables";
-        };
-        extraCommands = mkOption {
-          type = types.lines;
-          default = "";
-        };
-        extraInputRules = mkOption {
-          type = types.lines;
-          default = "";
-        };
-        checkReversePath = mkOption {
-          type = types.either types.bool (
-            types.enum [
-              "strict"
-              "loose"
-            ]
-          );
-          default = true;
-        };
-        allowedTCPPorts = mkOption {
-          type = types.listOf types.port;
-          default = [ ];
-        };
-        allowedUDPPorts = mkOption {
-          type = types.listOf types.port;
-          default = [ ];
-        };
-      };
-      boot.kernelModules = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      boot.blacklistedKernelModules = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      systemd.services = mkOption {
-        type = unitType;
-        default = { };
-      };
-      systemd.timers = mkOption {
-        type = unitType;
-        default = { };
-      };
-    };
-    config = lib.mkMerge [
-      # nftables.nix
-      (lib.mkIf config.networking.nftables.enable { boot.blacklistedKernelModules = [ "ip_tables" ]; })
-      # firewall-nftables.nix
-      (lib.mkIf (fw.enable && fw.backend == "nftables") {
-        assertions = [
-          {
-            assertion = fw.extraCommands == "";
-            message = "extraCommands is incompatible with the nftables based firewall: ${fw.extraCommands}";
-          }
-        ];
-      })
-    ];
+        })
+      ];
     };
 
   # firewall-iptables.nix on a kernel without rpfilter support.
