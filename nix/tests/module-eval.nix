@@ -592,6 +592,13 @@ in
       homelab
       { networking.nftables.enable = true; }
     ];
+    nftablesFlushingRuleset = tryReport [
+      homelab
+      {
+        networking.nftables.enable = true;
+        networking.nftables.flushRuleset = true;
+      }
+    ];
     multiNode = tryReport [
       homelab
       {

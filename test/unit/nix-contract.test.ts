@@ -440,7 +440,7 @@ if (libDir) test(
 
     // Each contradiction stops evaluation with its message; each control evaluates cleanly and
     // produces what `check` says.
-    type Want = RegExp | 'eval-error' | 'warning' | { ok: (d: Details) => void };
+    type Want = RegExp | 'eval-error' | { warning: RegExp } | { ok: (d: Details) => void };
     const ok = (check: (d: Details) => void = () => {}): Want => ({ ok: check });
     const expected: Record<string, Want> = {
       flannelReEnabled: /--flannel-backend=vxlan/,
@@ -465,7 +465,9 @@ if (libDir) test(
       missingDomain: 'eval-error',
       // Steps outside tunnel/dns would need credentials the reconcile unit does not hold.
       reconcileAllSteps: 'eval-error',
-      firewallOff: 'warning',
+      firewallOff: { warning: /networking\.firewall\.enable is false/ },
+      // A flush on every nftables reload would delete Cilium's and the kubelet's rules.
+      nftablesFlushingRuleset: { warning: /networking\.nftables\.flushRuleset = false/ },
       harmlessExtraFlags: ok(),
       // The NixOS wiki's string form works: it stays the user's, the drop-in carries ours, and
       // its --cluster-cidr is the pod network the firewall trusts.
@@ -522,7 +524,7 @@ if (libDir) test(
       const got = r.scenarios[name]!;
       const shown = `${name}: ${JSON.stringify({ ...got, details: undefined })}`;
       if (want === 'eval-error') assert.equal(got.evaluates, false, shown);
-      else if (want === 'warning') assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.some((w) => w.includes('firewall')), shown);
+      else if ('warning' in want) assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.length === 1 && want.warning.test(got.warnings[0]!), shown);
       else if (want instanceof RegExp) assert.ok(got.evaluates && got.failed.length === 1 && want.test(got.failed[0]!), shown);
       else {
         assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.length === 0 && got.details, shown);
