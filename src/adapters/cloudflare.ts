@@ -297,16 +297,17 @@ export class CloudflareClient {
 
   // ---- zone ---------------------------------------------------------------------------------
 
-  async findZone(signal?: AbortSignal): Promise<{ id: string; name: string }> {
-    const name = this.zoneName;
+  /** The zone `name` (default: cloudflare.zone or domain) in the account. */
+  async findZone(zoneName?: string, signal?: AbortSignal): Promise<{ id: string; name: string }> {
+    const name = zoneName === undefined ? this.zoneName : zoneName.toLowerCase().replace(/\.$/, '');
     // A configured id saves the lookup, and with it the need for Zone Read.
-    if (this.#cf.zoneId) return { id: this.#cf.zoneId, name };
+    if (this.#cf.zoneId && name === this.zoneName) return { id: this.#cf.zoneId, name };
     const what = `looking up zone ${name}`;
     const zones = await this.#call(what, 'zone', (c) => c.zones.list({ name, account: { id: this.#cf.accountId } }, { signal }));
     const z = zones.result.find((x) => x.name.toLowerCase() === name);
     if (!z) {
       throw new CloudflareApiError(
-        `Cloudflare zone ${name} was not found in account ${this.#cf.accountId}: check $.cloudflare.zone (or $.domain) and $.cloudflare.accountId, and that the API token has "${PERMISSIONS.zone}" on the zone (without it Cloudflare lists no zones)`,
+        `Cloudflare zone ${name} was not found in account ${this.#cf.accountId}: check ${name === this.zoneName ? '$.cloudflare.zone (or $.domain)' : 'the zone of the hosts in it ($.hosts[].zone)'} and $.cloudflare.accountId, and that the API token has "${PERMISSIONS.zone}" on the zone (without it Cloudflare lists no zones)`,
         200,
         [],
       );
@@ -316,7 +317,7 @@ export class CloudflareClient {
 
   // ---- DNS ----------------------------------------------------------------------------------
 
-  /** Records of the zone, filtered server-side by comment prefix and/or exact name. */
+  /** Records of the zone, all of them or filtered server-side by comment prefix and/or exact name. */
   async listRecords(zoneId: string, filter: { commentStartsWith?: string; name?: string }, signal?: AbortSignal): Promise<DnsRecord[]> {
     const what = filter.name ? `listing DNS records of ${filter.name}` : 'listing DNS records';
     const raw = await this.#pages<RawRecord>(
