@@ -28,6 +28,21 @@ test('validate-config accepts the example', async () => {
   assert.equal(r.code, EXIT.ok, r.err);
 });
 
+test('validate-config warns (stderr, exit 0) about an external host deeper than one level under its zone, naming it', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hb-cli-'));
+  const s = JSON.parse(readFileSync(example, 'utf8'));
+  // A deep local host needs no certificate from Cloudflare: no warning for it.
+  s.hosts.push({ name: 'app.lab.peterstorm.io', access: 'local' }, { name: 'shop.lab.peterstorm.io', access: 'external' });
+  const file = join(dir, 'deep.json');
+  writeFileSync(file, JSON.stringify(s));
+  const r = await run('validate-config', file);
+  assert.equal(r.code, EXIT.ok, r.err);
+  assert.match(r.out, /valid/);
+  assert.equal(r.err.trim().split('\n').length, 1, r.err);
+  assert.match(r.err, /warning: \$\.hosts\[10\] \(shop\.lab\.peterstorm\.io\): 2 levels below the zone peterstorm\.io; Cloudflare's free Universal SSL certificate/);
+  assert.equal((await run('validate-config', example)).err, '');
+});
+
 test('validate-config on a broken file exits 65 naming the JSON path and the value', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'hb-cli-'));
   const s = JSON.parse(readFileSync(example, 'utf8'));
