@@ -58,7 +58,7 @@ export const OWNER_ID = /^[A-Za-z0-9._-]{1,40}$/;
 const host = z.strictObject({
   name: z
     .union([z.literal('@'), hostname])
-    .describe('Label under its zone ("sonarr"), "@" for the zone apex, or a full name inside the zone ("sonarr.example.org"). Without `zone`, relative to `domain`.'),
+    .describe('Label under `zone` ("sonarr"), "@" for the apex of `zone`, or a full name inside it ("sonarr.example.org"). Without `zone`, all relative to `domain`.'),
   zone: hostname
     .optional()
     .describe('Cloudflare zone the host lives in, for a host outside `domain` (another zone the API token can edit); defaults to cloudflare.zone (or `domain`).'),
