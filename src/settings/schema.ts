@@ -16,12 +16,8 @@ export const DEFAULTS = {
 
 const ipv4 = z.string().refine((s) => isIPv4(s), { message: 'expected an IPv4 address like 192.168.0.240' });
 const dnsLabel = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
-const hostname = z
-  .string()
-  .min(1)
-  .refine((s) => s.toLowerCase().replace(/\.$/, '').split('.').every((l) => dnsLabel.test(l)), {
-    message: 'expected a DNS name: labels of a-z, 0-9 and "-", dot-separated',
-  });
+const isHostname = (s: string): boolean => s.toLowerCase().replace(/\.$/, '').split('.').every((l) => dnsLabel.test(l));
+const hostname = z.string().min(1).refine(isHostname, { message: 'expected a DNS name: labels of a-z, 0-9 and "-", dot-separated' });
 const absPath = z.string().refine((s) => s.startsWith('/'), { message: 'expected an absolute file path' });
 const k8sName = z
   .string()
@@ -57,7 +53,9 @@ export const OWNER_ID = /^[A-Za-z0-9._-]{1,40}$/;
 
 const host = z.strictObject({
   name: z
-    .union([z.literal('@'), hostname])
+    .string()
+    .min(1)
+    .refine((n) => n === '@' || isHostname(n), { message: 'expected "@" (the zone apex) or a DNS name: labels of a-z, 0-9 and "-", dot-separated' })
     .describe('Label under `zone` ("sonarr"), "@" for the apex of `zone`, or a full name inside it ("sonarr.example.org"). Without `zone`, all relative to `domain`.'),
   zone: hostname
     .optional()
