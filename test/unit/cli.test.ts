@@ -111,3 +111,16 @@ test('status reports the last run per step from the state directory', async () =
   assert.match(r.out, /last run: apply .* FAILED/);
   assert.match(r.out, /dns +failed .*zone not found/);
 });
+
+test('status of a run that converged except for reported DNS conflicts: ok, and exit 4 like the run', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hb-state-'));
+  recordRun(dir, 'apply', Date.now() - 1000, [
+    { step: 'tunnel', outcome: 'unchanged', changes: [], startedAt: new Date().toISOString(), durationMs: 12, attempts: 1 },
+    { step: 'dns', outcome: 'conflict', changes: [{ action: 'conflict', target: 'DNS A sonarr.example.org (zone example.org)' }], error: '1 DNS record not written because of a conflict', startedAt: new Date().toISOString(), durationMs: 40, attempts: 1 },
+  ]);
+  const r = await run('status', '--state-dir', dir);
+  assert.equal(r.code, EXIT.conflicts);
+  assert.equal(EXIT.conflicts, 4);
+  assert.match(r.out, /last run: apply .* ok, 0 changes/);
+  assert.match(r.out, /dns +conflict .*because of a conflict/);
+});
