@@ -27,7 +27,7 @@ const USAGE = `homelab-bootstrap ${VERSION}: brings k3s to "ArgoCD owns everythi
 Usage:
   homelab-bootstrap render --config FILE [--output yaml|json]   desired state; contacts nothing
   homelab-bootstrap plan --config FILE                          what apply would change (exit 2 if anything)
-  homelab-bootstrap apply --config FILE [--only STEP]...        converge (exit 0 when every step converged)
+  homelab-bootstrap apply --config FILE [--only STEP]...        converge (exit 0 when every step converged, 4 when only reported conflicts remain)
   homelab-bootstrap status [--state-dir DIR]                    last run per step
   homelab-bootstrap validate-config FILE [--check-files]        validate settings (Nix build time)
   homelab-bootstrap --version
