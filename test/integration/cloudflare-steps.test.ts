@@ -370,6 +370,27 @@ describe('a second zone served from the same tunnel', () => {
   });
 });
 
+describe('a token that reaches one zone and not the other', () => {
+  it('names the zone it cannot edit', async () => {
+    emu.addZone(SECOND);
+    const secondId = emu.zone(SECOND).id;
+    // The emulator's tokens reach every zone; the fetch seam plays a token scoped to the first one.
+    const h = harness(
+      (s) => s.hosts.push({ name: 'www', zone: SECOND, access: 'external' }),
+      {
+        fetch: async (input, init) => {
+          if (init?.method === 'POST' && String(input).includes(`/zones/${secondId}/`)) {
+            return new Response(JSON.stringify({ success: false, errors: [{ code: 10000, message: 'Authentication error' }], messages: [], result: null }), { status: 403, headers: { 'content-type': 'application/json' } });
+          }
+          return fetch(input, init);
+        },
+      },
+    );
+    const tunnel = await drive(h, tunnelStep);
+    await assert.rejects(drive(h, dnsStep, tunnel.outputs), /Cloudflare refused creating DNS CNAME www\.storm\.example .*lacks the permission "Zone › DNS › Edit" on zone storm\.example;/);
+  });
+});
+
 describe('records made by hand, and notes', () => {
   it('a hand-made CNAME that already points at this tunnel is taken over without adopt; its comment becomes the note', async () => {
     const h = harness();
