@@ -14,10 +14,11 @@ import { notifyStatus } from './engine/notify.ts';
 import { formatRendered, render } from './render.ts';
 import { formatPlan, formatSummary } from './format.ts';
 import { STEPS } from './steps/index.ts';
+import { dnsWarnings } from './desired/dns.ts';
 import { STEP_NAMES, type Step, type StepName } from './steps/types.ts';
 
 /** Exit codes, documented in README. */
-export const EXIT = { ok: 0, failed: 1, planChanges: 2, usage: 64, badSettings: 65, locked: 75 } as const;
+export const EXIT = { ok: 0, failed: 1, planChanges: 2, conflicts: 4, usage: 64, badSettings: 65, locked: 75 } as const;
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -26,7 +27,7 @@ const USAGE = `homelab-bootstrap ${VERSION}: brings k3s to "ArgoCD owns everythi
 Usage:
   homelab-bootstrap render --config FILE [--output yaml|json]   desired state; contacts nothing
   homelab-bootstrap plan --config FILE                          what apply would change (exit 2 if anything)
-  homelab-bootstrap apply --config FILE [--only STEP]...        converge (exit 0 when every step converged)
+  homelab-bootstrap apply --config FILE [--only STEP]...        converge (exit 0 when every step converged, 4 when only reported conflicts remain)
   homelab-bootstrap status [--state-dir DIR]                    last run per step
   homelab-bootstrap validate-config FILE [--check-files]        validate settings (Nix build time)
   homelab-bootstrap --version
@@ -121,6 +122,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
             .map(({ n, p }) => `${credentials.field(n)}: ${p} does not exist (the ${n} credential)`);
           if (missing.length > 0) throw new SettingsError(file, missing);
         }
+        for (const w of dnsWarnings(settings)) io.err(`${file}: warning: ${w}\n`);
         io.out(`${file}: valid\n`);
         return EXIT.ok;
       }
@@ -141,7 +143,8 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         for (const [step, s] of Object.entries(state.steps)) {
           io.out(`${step.padEnd(12)} ${s.outcome.padEnd(9)} ${s.at} ${(s.durationMs / 1000).toFixed(1)}s ${s.changes} changes${s.error ? `  ${s.error}` : ''}\n`);
         }
-        return r.ok ? EXIT.ok : EXIT.failed;
+        if (!r.ok) return EXIT.failed;
+        return Object.values(state.steps).some((s) => s.outcome === 'conflict') ? EXIT.conflicts : EXIT.ok;
       }
       case 'plan':
       case 'apply': {
@@ -168,7 +171,8 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
           // `status` tells about converging runs; a plan changes nothing worth recording.
           if (command === 'apply') recordRun(stateDir, command, started, reports);
           const ok = reports.every(succeeded);
-          notifyStatus(`${command}: ${ok ? 'done' : 'failed'}`);
+          const conflicts = reports.some((r) => r.outcome === 'conflict');
+          notifyStatus(`${command}: ${ok ? (conflicts ? 'done, with reported conflicts' : 'done') : 'failed'}`);
           if (command === 'plan') {
             io.out(formatPlan(reports));
             if (!ok) return EXIT.failed;
@@ -180,7 +184,9 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
             io.err(`${lease.gaveUp.message}\n`);
             return EXIT.locked;
           }
-          return ok ? EXIT.ok : EXIT.failed;
+          if (!ok) return EXIT.failed;
+          // Converged except for records someone else must move: reported, not failed (no systemd retry).
+          return conflicts ? EXIT.conflicts : EXIT.ok;
         } finally {
           log.flush?.();
           release();
