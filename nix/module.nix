@@ -606,6 +606,9 @@ in
           ExecStart = "${exe} apply --config ${settingsFile}${logArgs}";
           # Every step runs here, so every credential that is set.
           LoadCredential = loadCredential null;
+          # Converged, except DNS conflicts the daemon reported and leaves to the user: retrying
+          # would change nothing, so it is no failure (the reconcile timer reports it again).
+          SuccessExitStatus = [ contract.dnsConflictsExitStatus ];
           # 10 s, growing over 6 attempts to at most 5 min between attempts.
           Restart = "on-failure";
           RestartSec = "10s";

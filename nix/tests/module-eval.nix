@@ -389,6 +389,7 @@ in
         Type
         RemainAfterExit
         Restart
+        SuccessExitStatus
         LoadCredential
         ExecStart
         DynamicUser

@@ -403,6 +403,8 @@ if (libDir) test(
     assert.equal(h.reconcile.restartIfChanged, false);
     assert.match(h.reconcile.ExecStart, / --only tunnel --only dns$/);
     assert.deepEqual(h.reconcile.SuccessExitStatus, [EXIT.locked, contract.dnsConflictsExitStatus]);
+    // A standing DNS conflict is reported, not retried: retrying would change nothing.
+    assert.deepEqual(h.unit.SuccessExitStatus, [EXIT.conflicts]);
     assert.equal(h.reconcile.timer.OnUnitInactiveSec, '15min');
 
     // Cilium's k3s flags live in a config drop-in, so extraFlags stays the user's alone.
