@@ -171,6 +171,10 @@ async function main(): Promise<number> {
       say(`  result:               ${p.detail}`);
       say(`  wall time:            ${ms(p.ms)}`);
       say(`  apiserver requests:   ${p.kube.reads} reads, ${p.kube.writes} writes${p.kube.other ? `, ${p.kube.other} other` : ''} (by verb: ${verbs(p.kube)})`);
+      if (p.kube.reads > 0) {
+        const r = Object.entries(p.kube.byResource).filter(([k]) => /^(get|list|watch) /.test(k));
+        say(`  apiserver reads:      ${r.map(([k, n]) => `${k} ${n}`).join(', ')}`);
+      }
       if (p.kube.writes > 0) {
         const w = Object.entries(p.kube.byResource).filter(([k]) => /^(create|update|patch|delete|deletecollection) /.test(k));
         say(`  apiserver writes:     ${w.map(([k, n]) => `${k} ${n}`).join(', ')}`);
