@@ -15,9 +15,14 @@ import { formatRendered, render } from './render.ts';
 import { formatPlan, formatSummary } from './format.ts';
 import { STEPS } from './steps/index.ts';
 import { STEP_NAMES, type Step, type StepName } from './steps/types.ts';
+import { KubeClient } from './adapters/kube.ts';
+import { DoctorError, runDoctor } from './doctor/doctor.ts';
+import { formatFinding } from './doctor/findings.ts';
+import { checkRepo } from './check-repo/check-repo.ts';
+import { formatProblem } from './check-repo/checks.ts';
 
 /** Exit codes, documented in README. */
-export const EXIT = { ok: 0, failed: 1, planChanges: 2, usage: 64, badSettings: 65, locked: 75 } as const;
+export const EXIT = { ok: 0, failed: 1, planChanges: 2, doctorFindings: 3, usage: 64, badSettings: 65, locked: 75 } as const;
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -29,6 +34,8 @@ Usage:
   homelab-bootstrap apply --config FILE [--only STEP]...        converge (exit 0 when every step converged)
   homelab-bootstrap status [--state-dir DIR]                    last run per step
   homelab-bootstrap validate-config FILE [--check-files]        validate settings (Nix build time)
+  homelab-bootstrap doctor --config FILE [--skip-host]          old-stack leftovers in the cluster and on this host (exit 3 if any)
+  homelab-bootstrap check-repo --config FILE --repo DIR         the GitOps tree decrypts with the host age key, hosts agree (exit 1 if not)
   homelab-bootstrap --version
 
 Steps: ${STEP_NAMES.join(', ')}
@@ -88,6 +95,8 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         'state-dir': { type: 'string' },
         'log-level': { type: 'string' },
         'check-files': { type: 'boolean' },
+        repo: { type: 'string' },
+        'skip-host': { type: 'boolean' },
         version: { type: 'boolean', short: 'V' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -128,6 +137,41 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         const format = o.output ?? 'yaml';
         if (format !== 'yaml' && format !== 'json') throw new UsageError(`--output must be yaml or json, got ${format}`);
         io.out(formatRendered(render(loadSettings(needConfig(o.config))), format));
+        return EXIT.ok;
+      }
+      case 'doctor': {
+        const settings = loadSettings(needConfig(o.config));
+        const log = createLogger({ level: o['log-level'] ?? 'warn', destination: process.stderr, pretty: false });
+        const kube = new KubeClient(new Credentials(settings).path('kubeconfig'), log);
+        try {
+          const report = await runDoctor(kube, { host: !o['skip-host'] });
+          for (const f of report.findings) io.out(`${formatFinding(f)}\n`);
+          for (const n of report.notes) io.out(`note: ${n}\n`);
+          if (report.findings.length === 0) {
+            io.out(`no leftovers of the old stack found (cluster at ${kube.server}${o['skip-host'] ? '' : ' and this host'})\n`);
+            return EXIT.ok;
+          }
+          io.out(`${report.findings.length} finding${report.findings.length === 1 ? '' : 's'}; doctor changed nothing (see docs/migration.md)\n`);
+          return EXIT.doctorFindings;
+        } catch (e) {
+          if (!(e instanceof DoctorError)) throw e;
+          io.err(`doctor: ${e.message}\n`);
+          return EXIT.failed;
+        } finally {
+          kube.close();
+        }
+      }
+      case 'check-repo': {
+        const file = needConfig(o.config);
+        if (!o.repo) throw new UsageError('check-repo needs --repo DIR (the root of the repository the root ApplicationSet syncs)');
+        const settings = loadSettings(file);
+        const r = await checkRepo(settings, file, new Credentials(settings), o.repo);
+        for (const p of r.problems) io.out(`${formatProblem(p)}\n`);
+        if (r.problems.length > 0) {
+          io.out(`${r.problems.length} problem${r.problems.length === 1 ? '' : 's'} in ${o.repo}\n`);
+          return EXIT.failed;
+        }
+        io.out(`${o.repo}: ${r.checked.encrypted} encrypted file(s) decrypt with the host key, ${r.checked.generators} ksops generator(s) complete, ${r.checked.hosts} host(s) agree with the tree\n`);
         return EXIT.ok;
       }
       case 'status': {
