@@ -33,7 +33,7 @@ export async function waitApi(kube: KubeClient, waitMs: number): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     let detail: string;
     try {
-      const s = await kube.readyzStatus(AbortSignal.timeout(Math.max(1000, Math.min(5000, deadline - performance.now()))));
+      const s = await kube.readyzStatus(AbortSignal.timeout(Math.round(Math.max(1000, Math.min(5000, deadline - performance.now())))));
       if (s.ready) return;
       detail = s.detail;
     } catch (e) {
@@ -45,7 +45,7 @@ export async function waitApi(kube: KubeClient, waitMs: number): Promise<void> {
     if (performance.now() >= deadline) {
       throw new DoctorError(`cannot check the cluster: the API server ${kube.server} is not ready after ${Math.round(waitMs / 1000)} s (${attempt} tries; last: ${detail}); is k3s running?`);
     }
-    await sleep(Math.min(1000, Math.max(0, deadline - performance.now())));
+    await sleep(Math.round(Math.min(1000, Math.max(0, deadline - performance.now()))));
   }
 }
 

@@ -84,7 +84,10 @@ function matches(o: KubeObject, name: RegExp): boolean {
 
 /** Workloads (Deployments, DaemonSets) of a component, by name, the usual labels or namespace. */
 function workloads(s: ClusterSnapshot, name: RegExp, namespace?: string): string[] {
-  return [...s.deployments, ...s.daemonSets].filter((o) => matches(o, name) || (namespace !== undefined && o.metadata.namespace === namespace)).map(ref);
+  return [...s.deployments, ...s.daemonSets]
+    .filter((o) => !o.metadata.name.startsWith('svclb-')) // servicelb's, named after the Service it serves
+    .filter((o) => matches(o, name) || (namespace !== undefined && o.metadata.namespace === namespace))
+    .map(ref);
 }
 
 const crdsOfGroup = (s: ClusterSnapshot, group: string): string[] => s.crds.map((c) => c.metadata.name).filter((n) => n.endsWith(`.${group}`));

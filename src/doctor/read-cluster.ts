@@ -22,21 +22,21 @@ export async function servedGroups(kube: KubeClient, signal?: AbortSignal): Prom
 export async function readCluster(kube: KubeClient, signal?: AbortSignal): Promise<ClusterSnapshot> {
   const groups = await servedGroups(kube, signal);
   const meta = { metadataOnly: true } as const;
-  const ofGroup = async (group: string, kinds: string[], opts: { namespace?: string; metadataOnly?: boolean } = {}): Promise<KubeObject[]> => {
-    const gv = groups.get(group);
-    if (!gv) return [];
-    return (await Promise.all(kinds.map((k) => kube.list(gv, k, opts)))).flat();
+  // Kinds of one groupVersion one after the other, so its discovery is read once and cached.
+  const inTurn = async (gv: string | undefined, kinds: string[], opts: { namespace?: string; metadataOnly?: boolean } = {}): Promise<KubeObject[][]> => {
+    const out: KubeObject[][] = [];
+    for (const k of kinds) out.push(gv ? await kube.list(gv, k, opts) : []);
+    return out;
   };
-  const [nodes, daemonSets, deployments, crds, helmCharts, issuers, secretStores, applications, ingressClasses] = await Promise.all([
-    kube.list('v1', 'Node', meta),
-    kube.list('apps/v1', 'DaemonSet', meta),
-    kube.list('apps/v1', 'Deployment', meta),
-    kube.list('apiextensions.k8s.io/v1', 'CustomResourceDefinition', meta),
-    ofGroup('helm.cattle.io', ['HelmChart'], { namespace: 'kube-system', ...meta }),
-    ofGroup('cert-manager.io', ['ClusterIssuer', 'Issuer']),
-    ofGroup('external-secrets.io', ['ClusterSecretStore', 'SecretStore']),
-    ofGroup('argoproj.io', ['Application'], meta),
-    kube.list('networking.k8s.io/v1', 'IngressClass'),
+  const [[nodes], [daemonSets, deployments], [crds], [helmCharts], issuers, secretStores, [applications], [ingressClasses]] = await Promise.all([
+    inTurn('v1', ['Node'], meta),
+    inTurn('apps/v1', ['DaemonSet', 'Deployment'], meta),
+    inTurn('apiextensions.k8s.io/v1', ['CustomResourceDefinition'], meta),
+    inTurn(groups.get('helm.cattle.io'), ['HelmChart'], { namespace: 'kube-system', ...meta }),
+    inTurn(groups.get('cert-manager.io'), ['ClusterIssuer', 'Issuer']),
+    inTurn(groups.get('external-secrets.io'), ['ClusterSecretStore', 'SecretStore']),
+    inTurn(groups.get('argoproj.io'), ['Application'], meta),
+    inTurn('networking.k8s.io/v1', ['IngressClass']),
   ]);
-  return { nodes, daemonSets, deployments, crds, helmCharts, issuers, secretStores, applications, ingressClasses };
+  return { nodes: nodes!, daemonSets: daemonSets!, deployments: deployments!, crds: crds!, helmCharts: helmCharts!, issuers: issuers.flat(), secretStores: secretStores.flat(), applications: applications!, ingressClasses: ingressClasses! };
 }

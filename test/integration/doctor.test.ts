@@ -19,9 +19,16 @@ import { auditMark, countRequests } from '../rig/audit.ts';
 import { KubeClient } from '../../src/adapters/kube.ts';
 import { createLogger } from '../../src/log.ts';
 import { warnLeftovers } from '../../src/doctor/doctor.ts';
+import { makeShims, runBlock, runnableBlocks } from '../rig/doc-blocks.ts';
 
 const CLI = join(repoRoot, 'src', 'cli.ts');
 const OLD_CRDS = join(repoRoot, 'test', 'fixtures', 'old-stack', 'crds.yaml');
+const DOC_BLOCKS = runnableBlocks(join(repoRoot, 'docs', 'migration.md'));
+
+/** docs/migration.md's doctor command as written, with this settings file (and no host checks: see doctor()). */
+async function docDoctor(block: 'doctor-before' | 'doctor-after', cfg: string) {
+  return runBlock(DOC_BLOCKS.get(block)!, { cwd: dir, shims: makeShims(dir), substitutions: [['--config homelab.json', `--config ${cfg} --skip-host`]] });
+}
 
 let cp: ControlPlane;
 let dir: string;
@@ -82,6 +89,9 @@ describe('doctor', () => {
     const r = await doctor(config(cp.kubeconfigPath));
     assert.equal(r.code, 0, `${r.out}\n${r.err}`);
     assert.match(r.out, /^no leftovers of the old stack found \(cluster at https:\/\/127\.0\.0\.1:\d+\)$/m);
+    const doc = await docDoctor('doctor-after', config(cp.kubeconfigPath));
+    assert.equal(doc.code, 0, doc.stdout + doc.stderr);
+    assert.match(doc.stdout, /^no leftovers of the old stack found/m);
   });
 
   it('a cluster with each old-stack component: each named, with why and what to do; exit 3; nothing changed', async () => {
@@ -144,8 +154,13 @@ describe('doctor', () => {
     for (const l of lines.slice(0, -1)) assert.match(l, /\. Why it matters: .+\. What to do: .+\.$/, l);
     assert.equal(lines.at(-1), `${lines.length - 1} findings; doctor changed nothing (see docs/migration.md)`);
     assert.equal(counts.writes, 0, `doctor wrote: ${JSON.stringify(counts.byResource)}`);
-    // Lists asked for metadata only where that is enough (CRDs are megabytes whole).
-    assert.ok(counts.reads <= 20, `doctor made ${counts.reads} reads: ${JSON.stringify(counts.byResource)}`);
+    const doc = await docDoctor('doctor-before', config(cp.kubeconfigPath));
+    assert.equal(doc.code, 3, doc.stdout + doc.stderr);
+    assert.equal(doc.stdout, r.out);
+    // /readyz, /apis, one discovery per groupVersion and one list per kind: 21 with every old group served.
+    assert.ok(counts.reads <= 21, `doctor made ${counts.reads} reads: ${JSON.stringify(counts.byResource)}`);
+    // CRDs are megabytes whole: listed as metadata only.
+    assert.ok(counts.events.some((e) => e.objectRef?.resource === 'customresourcedefinitions' && e.verb === 'list'));
   });
 
   it('plan/apply preflight: the same findings as warnings before the first bootstrap; one read after it', async () => {

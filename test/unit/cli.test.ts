@@ -82,6 +82,10 @@ test('usage errors exit 64', async () => {
   const r = await run('apply', '--config', example, '--only', 'dnss');
   assert.equal(r.code, EXIT.usage);
   assert.match(r.err, /unknown step\(s\) in --only: dnss/);
+  assert.equal((await run('doctor')).code, EXIT.usage);
+  const c = await run('check-repo', '--config', example);
+  assert.equal(c.code, EXIT.usage);
+  assert.match(c.err, /check-repo needs --repo DIR/);
 });
 
 test('status reports the last run per step from the state directory', async () => {
