@@ -11,6 +11,7 @@ import { parseAgeIdentities } from '../agekey.ts';
 import { fileRecipients, generatorProblems, hostProblems, parseSopsConfig, sopsProblems, type Problem } from './checks.ts';
 import { readTree } from './tree.ts';
 import { SopsRunner } from './sops.ts';
+import { EXAMPLE_AGE_RECIPIENT } from '../gitops/example-key.ts';
 
 export interface CheckRepoResult {
   problems: Problem[];
@@ -56,6 +57,8 @@ export async function checkRepo(settings: Settings, settingsFile: string, creden
       const r = await sops.decrypts(join(root, file), keyFile, root);
       if (r.ok) continue;
       const recipients = fileRecipients(readFileSync(join(root, file), 'utf8')) ?? [];
+      // Already reported with what to do (new values, not re-keying).
+      if (recipients.includes(EXAMPLE_AGE_RECIPIENT)) continue;
       const toHost = recipients.some((x) => hostRecipients.includes(x));
       problems.push({
         file,
