@@ -8,7 +8,8 @@ import { dirname, join, relative, resolve, sep } from 'node:path';
 import type { Settings } from '../settings/schema.ts';
 import type { Credentials } from '../credentials.ts';
 import { parseAgeIdentities } from '../agekey.ts';
-import { fileRecipients, generatorProblems, hostProblems, parseSopsConfig, sopsProblems, type Problem } from './checks.ts';
+import { fileRecipients, generatorProblems, hostProblems, parseSopsConfig, sopsProblems, valuesIngressHosts, type Problem } from './checks.ts';
+import { render } from '../render.ts';
 import { readTree } from './tree.ts';
 import { SopsRunner } from './sops.ts';
 import { EXAMPLE_AGE_RECIPIENT } from '../gitops/example-key.ts';
@@ -72,7 +73,9 @@ export async function checkRepo(settings: Settings, settingsFile: string, creden
   }
 
   problems.push(...generatorProblems(tree));
-  problems.push(...hostProblems(tree, settings, settingsFile));
+  const daemonHosts: string[] = [];
+  for (const r of render(settings).helmReleases) valuesIngressHosts(r.values, daemonHosts);
+  problems.push(...hostProblems(tree, settings, settingsFile, daemonHosts));
   return {
     problems,
     checked: { encrypted: tree.encrypted.length, generators: tree.docs.filter((d) => d.doc.kind === 'ksops').length, hosts: settings.hosts.length },

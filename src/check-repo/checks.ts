@@ -144,7 +144,7 @@ interface Served {
 }
 
 /** Ingress hosts in a Helm values tree: any `ingress: { hosts: [...] }` not switched off. */
-function valuesIngressHosts(v: unknown, out: string[]): void {
+export function valuesIngressHosts(v: unknown, out: string[]): void {
   if (!v || typeof v !== 'object') return;
   if (Array.isArray(v)) return v.forEach((x) => valuesIngressHosts(x, out));
   for (const [k, x] of Object.entries(v)) {
@@ -200,7 +200,7 @@ export function servedHosts(docs: readonly TreeDoc[]): { hosts: Served[]; lbIps:
  * and each local/external host is served by an Ingress, the tunnel's own service, or (a local
  * host with its own `ip`) a LoadBalancer Service pinned to that ip.
  */
-export function hostProblems(tree: Tree, settings: Settings, settingsFile: string): Problem[] {
+export function hostProblems(tree: Tree, settings: Settings, settingsFile: string, daemonHosts: readonly string[] = []): Problem[] {
   const out: Problem[] = [];
   const { hosts: served, lbIps } = servedHosts(tree.docs);
   const table = new Map(settings.hosts.map((h) => [fqdn(h.name, settings.domain), h]));
@@ -214,10 +214,10 @@ export function hostProblems(tree: Tree, settings: Settings, settingsFile: strin
       out.push({ file: file!, message: `${what} serves ${s.host}, but ${settingsFile} points ${s.host} at ${h.ip}, not the shared ingress VIP ${settings.network.ingressIP}; drop its ip (or serve it from a LoadBalancer Service on ${h.ip})` });
     }
   }
-  const servedSet = new Set(served.map((s) => s.host));
-  const argocd = fqdn(settings.argocd.hostname, settings.domain);
+  // The daemon's own charts serve some hosts: Argo CD's (its global.domain) and any Ingress in their values (Hubble UI).
+  const servedSet = new Set([...served.map((s) => s.host), fqdn(settings.argocd.hostname, settings.domain), ...daemonHosts.map((h) => h.toLowerCase())]);
   for (const [name, h] of table) {
-    if (servedSet.has(name) || name === argocd) continue; // the daemon's own Argo CD chart serves its host
+    if (servedSet.has(name)) continue;
     if (h.access === 'external' && h.service && h.service !== DEFAULTS.ingressService) continue; // the tunnel goes straight to its service
     if (h.access === 'local' && h.ip && h.ip !== settings.network.ingressIP) {
       if (lbIps.has(h.ip)) continue;

@@ -105,3 +105,15 @@ test('hosts: an Ingress host missing from settings, a settings host nothing serv
   assert.ok(p.some((l) => /^homelab\.json: host wiki\.peterstorm\.io \(local\) is served by no Ingress/.test(l)), p.join('\n'));
   assert.ok(p.some((l) => /^homelab\.json: host plex\.peterstorm\.io points at 192\.168\.0\.242, but no LoadBalancer Service/.test(l)), p.join('\n'));
 });
+
+test("hosts served by the daemon's own charts (Argo CD, an Ingress in the Cilium values) need no Ingress in the tree", async () => {
+  const { valuesIngressHosts } = await import('../../src/check-repo/checks.ts');
+  const settings = loadSettings(join(repoRoot, 'examples', 'homelab.json'));
+  const t = readTree(repoRoot, settings.gitops.path);
+  const s = parseSettings({ ...structuredClone(settings), hosts: [...settings.hosts, { name: 'hubble', access: 'local' }] });
+  const daemon: string[] = [];
+  valuesIngressHosts({ hubble: { ui: { ingress: { enabled: true, hosts: ['hubble.peterstorm.io'] } } }, other: { ingress: { enabled: false, hosts: ['off.peterstorm.io'] } } }, daemon);
+  assert.deepEqual(daemon, ['hubble.peterstorm.io']);
+  assert.deepEqual(hostProblems(t, s, 'homelab.json', daemon), []);
+  assert.match(hostProblems(t, s, 'homelab.json').map((p) => p.message).join('\n'), /host hubble\.peterstorm\.io \(local\) is served by no Ingress/);
+});
