@@ -100,3 +100,16 @@ test('status reports the last run per step from the state directory', async () =
   assert.match(r.out, /last run: apply .* FAILED/);
   assert.match(r.out, /dns +failed .*zone not found/);
 });
+
+test('doctor with a kubeconfig that does not exist: exit 1 at once, naming the file', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hb-doctor-cli-'));
+  const settings = JSON.parse(readFileSync(example, 'utf8')) as Record<string, unknown>;
+  settings.kubeconfigFile = join(dir, 'missing.yaml');
+  const file = join(dir, 'settings.json');
+  writeFileSync(file, JSON.stringify(settings));
+  const started = performance.now();
+  const r = await run('doctor', '--config', file, '--skip-host');
+  assert.equal(r.code, EXIT.failed);
+  assert.match(r.err, /^doctor: cannot check the cluster: kubeconfig .*missing\.yaml cannot be read \(ENOENT\)$/m);
+  assert.ok(performance.now() - started < 5000);
+});
