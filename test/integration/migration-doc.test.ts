@@ -29,13 +29,14 @@ let me: AgeKey;
 let varData: string;
 const runs: BlockRun[] = [];
 
-async function run(name: string): Promise<BlockRun> {
+async function run(name: string, opts: { substitutions?: [string, string][]; input?: string } = {}): Promise<BlockRun> {
   const script = blocks.get(name);
   assert.ok(script, `docs/migration.md has no runnable block ${name}`);
   const r = await runBlock(script, {
     cwd: repo,
     shims,
-    substitutions: [
+    ...(opts.input !== undefined ? { input: opts.input } : {}),
+    substitutions: opts.substitutions ?? [
       ['/var/lib/sops-nix/keys.txt', host.file],
       ['/var/data', varData],
     ],
@@ -76,7 +77,26 @@ before(() => {
 
 describe('docs/migration.md, as written', () => {
   it('has the runnable blocks this test runs', () => {
-    assert.deepEqual([...blocks.keys()].sort(), ['backup', 'check-repo', 'doctor-after', 'doctor-before', 'export-api-token', 'export-nordvpn', 'grafana-admin']);
+    assert.deepEqual([...blocks.keys()].sort(), [
+      'backup',
+      'backup-configs',
+      'check-repo',
+      'doctor-after',
+      'doctor-before',
+      'export-api-token',
+      'export-nordvpn',
+      'grafana-admin',
+      'grafana-password',
+      'host-recipient',
+      'new-api-token',
+      'wipe',
+    ]);
+  });
+
+  it("prints the host key's recipient (public), not the key", async () => {
+    const r = await run('host-recipient');
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.trim(), host.recipient);
   });
 
   it('check-repo refuses the shipped tree: its secrets are the example key\'s', async () => {
@@ -107,6 +127,10 @@ describe('docs/migration.md, as written', () => {
     const plain = sops(['decrypt', 'k8s/argocd-homelab/infra/monitoring/secrets.enc.yaml'], host.file);
     assert.match(plain, /^ {4}namespace: monitoring$/m);
     assert.match(plain, /^ {4}admin-password: \S{20,}$/m);
+    const back = await run('grafana-password');
+    assert.equal(back.code, 0, back.stderr);
+    assert.match(back.stdout, /^[A-Za-z0-9+/]{32}$/);
+    runs.pop(); // this one prints a password by design: the user asked for it
   });
 
   it('the Cloudflare API token: into the host\'s sops-nix file, its other keys kept', async () => {
@@ -114,6 +138,14 @@ describe('docs/migration.md, as written', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(sops(['decrypt', '--extract', '["cloudflare-api-token"]', 'secrets/hosts/homelab/cloudflare.yaml'], host.file), values['cloudflare-api-token-secret']);
     assert.equal(sops(['decrypt', '--extract', '["zone_id"]', 'secrets/hosts/homelab/cloudflare.yaml'], host.file), '0123');
+  });
+
+  it('a new API token typed at the prompt: stored the same way, never echoed', async () => {
+    const token = `new-cf-token-${Math.random().toString(36).slice(2)}`;
+    const r = await run('new-api-token', { input: `${token}\n` });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(!(r.stdout + r.stderr).includes(token));
+    assert.equal(sops(['decrypt', '--extract', '["cloudflare-api-token"]', 'secrets/hosts/homelab/cloudflare.yaml'], host.file), token);
   });
 
   it('check-repo passes on the tree with the user\'s secrets', async () => {
@@ -128,6 +160,26 @@ describe('docs/migration.md, as written', () => {
     const tarball = readdirSync(repo).find((f) => /^plex-backup-\d{4}-\d{2}-\d{2}\.tar\.gz$/.test(f));
     assert.ok(tarball, readdirSync(repo).join(', '));
     assert.match(execFileSync('tar', ['-tzf', join(repo, tarball)], { encoding: 'utf8' }), /^plex\/Library\/Preferences\.xml$/m);
+    const all = await run('backup-configs');
+    assert.equal(all.code, 0, all.stderr);
+    const configs = readdirSync(repo).find((f) => /^configs-backup-\d{4}-\d{2}-\d{2}\.tar\.gz$/.test(f));
+    assert.ok(configs);
+    assert.match(execFileSync('tar', ['-tzf', join(repo, configs)], { encoding: 'utf8' }), /^configs\/plex\/Library\/Preferences\.xml$/m);
+  });
+
+  it("the wipe deletes k3s' state and nothing of /var/data or /var/lib/sops-nix (on a stand-in root)", async () => {
+    const root = join(dir, 'root');
+    const k3sState = ['var/lib/rancher/k3s/server/db', 'var/lib/rancher/k3s/agent/etc/cni/net.d', 'var/lib/rancher/k3s/storage/pvc-1', 'etc/rancher/k3s', 'var/lib/kubelet/pods', 'var/lib/cni/networks/cbr0', 'etc/cni/net.d', 'run/k3s', 'run/flannel'];
+    const kept = ['var/data/configs/plex', 'var/data/media/tv', 'var/lib/sops-nix', 'var/lib/rancher/other-tool', 'etc/rancher/other'];
+    for (const d of [...k3sState, ...kept]) {
+      mkdirSync(join(root, d), { recursive: true });
+      writeFileSync(join(root, d, 'file'), 'x');
+    }
+    // Every absolute path in the command moves under the stand-in root.
+    const r = await run('wipe', { substitutions: [[' /', ` ${root}/`]] });
+    assert.equal(r.code, 0, r.stderr);
+    for (const d of k3sState) assert.ok(!existsSync(join(root, d)), `${d} survived the wipe`);
+    for (const d of kept) assert.ok(existsSync(join(root, d, 'file')), `${d} was deleted`);
   });
 
   it('no secret reached an output or a plaintext file', () => {

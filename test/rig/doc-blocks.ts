@@ -12,10 +12,12 @@ import { binDir, repoRoot } from './binaries.ts';
 export function runnableBlocks(markdownFile: string): Map<string, string> {
   const text = readFileSync(markdownFile, 'utf8');
   const out = new Map<string, string>();
-  const re = /<!-- runnable: ([a-z0-9-]+) -->\n```sh\n([\s\S]*?)\n```/g;
+  // A block may sit in a list item: its marker, fences and lines share the item's indent.
+  const re = /^([ \t]*)<!-- runnable: ([a-z0-9-]+) -->\n\1```sh\n([\s\S]*?)\n\1```/gm;
   for (let m = re.exec(text); m; m = re.exec(text)) {
-    if (out.has(m[1]!)) throw new Error(`${markdownFile}: two runnable blocks named ${m[1]}`);
-    out.set(m[1]!, m[2]!);
+    const [, indent, name, body] = m as unknown as [string, string, string, string];
+    if (out.has(name)) throw new Error(`${markdownFile}: two runnable blocks named ${name}`);
+    out.set(name, body.split('\n').map((l) => (l.startsWith(indent) ? l.slice(indent.length) : l)).join('\n'));
   }
   return out;
 }
@@ -73,14 +75,16 @@ export interface BlockRun {
   stderr: string;
 }
 
-export function runBlock(script: string, opts: { cwd: string; shims: Shims; substitutions?: [string, string][]; env?: NodeJS.ProcessEnv }): Promise<BlockRun> {
+export function runBlock(script: string, opts: { cwd: string; shims: Shims; substitutions?: [string, string][]; env?: NodeJS.ProcessEnv; input?: string }): Promise<BlockRun> {
   let text = script;
   for (const [from, to] of opts.substitutions ?? []) text = text.split(from).join(to);
   return new Promise((resolve) => {
-    execFile('bash', ['-euo', 'pipefail', '-c', text], {
-      cwd: opts.cwd,
-      timeout: 120_000,
-      env: { PATH: `${opts.shims.dir}:${binDir()}:${process.env.PATH}`, HOME: opts.cwd, ...opts.env },
-    }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout: String(stdout), stderr: String(stderr) }));
+    const child = execFile(
+      'bash',
+      ['-euo', 'pipefail', '-c', text],
+      { cwd: opts.cwd, timeout: 120_000, env: { PATH: `${opts.shims.dir}:${binDir()}:${process.env.PATH}`, HOME: opts.cwd, ...opts.env } },
+      (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout: String(stdout), stderr: String(stderr) }),
+    );
+    child.stdin?.end(opts.input ?? '');
   });
 }
