@@ -100,7 +100,8 @@ export function clusterFindings(s: ClusterSnapshot): Finding[] {
     if (found.length > 0) out.push({ component, found: list(found), why, todo });
   };
 
-  // --- k3s' own flags, as the node records them
+  // --- k3s' own flags, as the node records them. k3s runs flannel, kube-proxy and kube-router
+  // inside its own process: no DaemonSet, Lease or Pod shows them, only its command line does.
   for (const node of s.nodes) {
     const args = k3sNodeArgs(node);
     const name = node.metadata.name;

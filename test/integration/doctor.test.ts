@@ -86,8 +86,12 @@ describe('doctor', () => {
     await node('homelab', { 'k3s.io/node-args': JSON.stringify(NEW_K3S_ARGS) });
     await workload('DaemonSet', 'kube-system', 'cilium', { 'k8s-app': 'cilium' });
     await workload('Deployment', 'kube-system', 'coredns', { 'k8s-app': 'kube-dns' });
+    const mark = await auditMark(cp);
     const r = await doctor(config(cp.kubeconfigPath));
+    const counts = await countRequests(cp, { since: mark });
     assert.equal(r.code, 0, `${r.out}\n${r.err}`);
+    // No old group served: /readyz, /apis, 4 discoveries, 5 lists.
+    assert.ok(counts.reads <= 11, `doctor made ${counts.reads} reads on a clean cluster: ${JSON.stringify(counts.byResource)}`);
     assert.match(r.out, /^no leftovers of the old stack found \(cluster at https:\/\/127\.0\.0\.1:\d+\)$/m);
     const doc = await docDoctor('doctor-after', config(cp.kubeconfigPath));
     assert.equal(doc.code, 0, doc.stdout + doc.stderr);
@@ -174,6 +178,9 @@ describe('doctor', () => {
       const warned = lines.map((l) => JSON.parse(l) as { level: string; msg: string }).filter((l) => l.level === 'warn');
       for (const c of ['flannel', 'kube-proxy', 'MetalLB', 'cert-manager', 'external-secrets', 'App of Apps']) assert.ok(warned.some((w) => w.msg.startsWith(`old stack: ${c}: found`)), `${c} not warned:\n${lines.join('')}`);
       assert.equal(cold.writes, 0);
+      // The CRD list is metadata only (PartialObjectMetadataList): the megabytes of schema stay on the server.
+      const crds = await kube.list('apiextensions.k8s.io/v1', 'CustomResourceDefinition', { metadataOnly: true });
+      assert.ok(crds.length >= 10 && crds.every((c) => c.spec === undefined && c.metadata.name.includes('.')), 'CRDs came back whole');
 
       // The root ApplicationSet, as the bootstrap leaves it: the migration is done.
       await installCrds(cp, join(sharedCrdsDir, 'argocd', 'applicationsets.argoproj.io.yaml'));
