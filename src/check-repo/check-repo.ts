@@ -31,7 +31,7 @@ function findSopsConfig(root: string, from: string): string | undefined {
 
 const rel = (root: string, p: string): string => relative(root, p).split(sep).join('/') || '.';
 
-export async function checkRepo(settings: Settings, settingsFile: string, credentials: Credentials, repoDir: string, sops = new SopsRunner()): Promise<CheckRepoResult> {
+export async function checkRepo(settings: Settings, settingsFile: string, credentials: Credentials, repoDir: string): Promise<CheckRepoResult> {
   const root = resolve(repoDir);
   const base = join(root, settings.gitops.path);
   if (!existsSync(base)) {
@@ -49,17 +49,19 @@ export async function checkRepo(settings: Settings, settingsFile: string, creden
     problems.push({ file: '.sops.yaml', message: `missing (looked from ${settings.gitops.path} up to the repository root); add one with a creation rule for ${settings.gitops.path}/.*\\.enc\\.(yaml|json)$ listing the host key's recipient ${hostRecipients.join(', ')}` });
   } else {
     const config = parseSopsConfig(readFileSync(configPath, 'utf8'), rel(root, configPath));
+    const configDir = rel(root, dirname(configPath));
     if ('message' in config) problems.push(config);
-    else problems.push(...sopsProblems(tree, config, rel(root, dirname(configPath)) === '.' ? '' : rel(root, dirname(configPath)), hostRecipients, (f) => fileRecipients(readFileSync(join(root, f), 'utf8'))));
+    else problems.push(...sopsProblems(tree, config, configDir === '.' ? '' : configDir, hostRecipients, (f) => fileRecipients(readFileSync(join(root, f), 'utf8'))));
   }
 
+  const sops = new SopsRunner();
   try {
     for (const file of tree.encrypted) {
       const r = await sops.decrypts(join(root, file), keyFile, root);
       if (r.ok) continue;
-      const recipients = fileRecipients(readFileSync(join(root, file), 'utf8')) ?? [];
-      // Already reported with what to do (new values, not re-keying).
-      if (recipients.includes(EXAMPLE_AGE_RECIPIENT)) continue;
+      const recipients = fileRecipients(readFileSync(join(root, file), 'utf8'));
+      // Already reported with what to do: no sops metadata, or the example key (new values, not re-keying).
+      if (recipients === undefined || recipients.includes(EXAMPLE_AGE_RECIPIENT)) continue;
       const toHost = recipients.some((x) => hostRecipients.includes(x));
       problems.push({
         file,
