@@ -20,6 +20,8 @@ Usage:
   homelab-bootstrap apply --config FILE [--only STEP]...        converge (exit 0 when every step converged, 4 when only reported conflicts remain)
   homelab-bootstrap status [--state-dir DIR]                    last run per step
   homelab-bootstrap validate-config FILE [--check-files]        validate settings (Nix build time)
+  homelab-bootstrap doctor --config FILE [--skip-host]          old-stack leftovers in the cluster and on this host (exit 3 if any)
+  homelab-bootstrap check-repo --config FILE --repo DIR         the GitOps tree decrypts with the host age key, hosts agree (exit 1 if not)
   homelab-bootstrap --version
 
 Steps: ${STEP_NAMES.join(', ')}
@@ -53,6 +55,8 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         'state-dir': { type: 'string' },
         'log-level': { type: 'string' },
         'check-files': { type: 'boolean' },
+        repo: { type: 'string' },
+        'skip-host': { type: 'boolean' },
         version: { type: 'boolean', short: 'V' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -99,6 +103,55 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         if (format !== 'yaml' && format !== 'json') throw new UsageError(`--output must be yaml or json, got ${format}`);
         const [{ loadSettings }, { formatRendered, render }] = await Promise.all([import('./settings/load.ts'), import('./render.ts')]);
         io.out(formatRendered(render(loadSettings(needConfig(o.config))), format));
+        return EXIT.ok;
+      }
+      case 'doctor': {
+        const [{ loadSettings }, { Credentials }, { createLogger }, { KubeClient }, { DoctorError, runDoctor }, { formatFinding }] = await Promise.all([
+          import('./settings/load.ts'),
+          import('./credentials.ts'),
+          import('./log.ts'),
+          import('./adapters/kube.ts'),
+          import('./doctor/doctor.ts'),
+          import('./doctor/findings.ts'),
+        ]);
+        const settings = loadSettings(needConfig(o.config));
+        const log = createLogger({ level: o['log-level'] ?? 'warn', destination: process.stderr, pretty: false });
+        const kube = new KubeClient(new Credentials(settings).path('kubeconfig'), log);
+        try {
+          const report = await runDoctor(kube, { host: !o['skip-host'] });
+          for (const f of report.findings) io.out(`${formatFinding(f)}\n`);
+          for (const n of report.notes) io.out(`note: ${n}\n`);
+          if (report.findings.length === 0) {
+            io.out(`no leftovers of the old stack found (cluster at ${kube.server}${o['skip-host'] ? '' : ' and this host'})\n`);
+            return EXIT.ok;
+          }
+          io.out(`${report.findings.length} finding${report.findings.length === 1 ? '' : 's'}; doctor changed nothing (see docs/migration.md)\n`);
+          return EXIT.doctorFindings;
+        } catch (e) {
+          if (!(e instanceof DoctorError)) throw e;
+          io.err(`doctor: ${e.message}\n`);
+          return EXIT.failed;
+        } finally {
+          kube.close();
+        }
+      }
+      case 'check-repo': {
+        const file = needConfig(o.config);
+        if (!o.repo) throw new UsageError('check-repo needs --repo DIR (the root of the repository the root ApplicationSet syncs)');
+        const [{ loadSettings }, { Credentials }, { checkRepo }, { formatProblem }] = await Promise.all([
+          import('./settings/load.ts'),
+          import('./credentials.ts'),
+          import('./check-repo/check-repo.ts'),
+          import('./check-repo/checks.ts'),
+        ]);
+        const settings = loadSettings(file);
+        const r = await checkRepo(settings, file, new Credentials(settings), o.repo);
+        for (const p of r.problems) io.out(`${formatProblem(p)}\n`);
+        if (r.problems.length > 0) {
+          io.out(`${r.problems.length} problem${r.problems.length === 1 ? '' : 's'} in ${o.repo}\n`);
+          return EXIT.failed;
+        }
+        io.out(`${o.repo}: ${r.checked.encrypted} encrypted file(s) decrypt with the host key, ${r.checked.generators} ksops generator(s) complete, ${r.checked.hosts} host(s) agree with the tree\n`);
         return EXIT.ok;
       }
       case 'status': {

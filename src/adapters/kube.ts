@@ -96,7 +96,12 @@ interface RequestOptions {
   contentType?: string;
   signal?: AbortSignal | undefined;
   timeoutMs?: number;
+  /** Overrides `Accept: application/json`, e.g. to ask for metadata only. */
+  accept?: string;
 }
+
+/** Content negotiation for a list of PartialObjectMetadata (falls back to whole objects where unsupported). */
+const METADATA_LIST = 'application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json';
 
 const TRANSPORT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED', 'ERR_SOCKET_CLOSED']);
 
@@ -190,6 +195,7 @@ export class KubeClient {
   async #request(method: string, path: string, o: RequestOptions = {}): Promise<RawResponse> {
     const conn = await this.#connection();
     const headers = await this.#headers();
+    if (o.accept) headers.Accept = o.accept;
     if (o.body !== undefined) {
       headers['Content-Type'] = o.contentType ?? 'application/json';
       headers['Content-Length'] = String(Buffer.byteLength(o.body));
@@ -346,8 +352,11 @@ export class KubeClient {
     return JSON.parse(res.text) as KubeObject;
   }
 
-  /** All objects of a kind (in one namespace or all), following pagination; [] when the kind is not served. */
-  async list(apiVersion: string, kind: string, opts: { namespace?: string; labelSelector?: string } = {}): Promise<KubeObject[]> {
+  /**
+   * All objects of a kind (in one namespace or all), following pagination; [] when the kind is not served.
+   * `metadataOnly` asks for each object's metadata alone (a CRD is megabytes whole).
+   */
+  async list(apiVersion: string, kind: string, opts: { namespace?: string; labelSelector?: string; metadataOnly?: boolean } = {}): Promise<KubeObject[]> {
     const r = await this.#resourceFor(apiVersion, kind);
     if (!r) return [];
     const items: KubeObject[] = [];
@@ -356,7 +365,7 @@ export class KubeClient {
       const q = new URLSearchParams({ limit: '500' });
       if (opts.labelSelector) q.set('labelSelector', opts.labelSelector);
       if (cont) q.set('continue', cont);
-      const res = await this.#request('GET', `${KubeClient.#path(apiVersion, r, opts.namespace)}?${q}`);
+      const res = await this.#request('GET', `${KubeClient.#path(apiVersion, r, opts.namespace)}?${q}`, opts.metadataOnly ? { accept: METADATA_LIST } : {});
       if (res.status !== 200) throw this.#fail(res, `list ${objectRef(apiVersion, kind)}${opts.labelSelector ? ` (${opts.labelSelector})` : ''}`);
       const body = JSON.parse(res.text) as { items?: KubeObject[]; metadata?: { continue?: string } };
       // List items carry no apiVersion/kind; callers compare whole objects, so put them back.

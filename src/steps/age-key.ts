@@ -39,7 +39,7 @@ export const ageKeyStep: Step<AgeKeyDesired, AgeKeyHave> = {
     const key = await ctx.credentials.read('age-key');
     // Checked again here (preflight did too): the file may have been rotated in between, and a
     // broken key in the cluster breaks every sops decryption.
-    parseAgeIdentities(key.reveal(), `${ctx.credentials.path('age-key')} (${ctx.credentials.field('age-key')})`);
+    await parseAgeIdentities(key.reveal(), `${ctx.credentials.path('age-key')} (${ctx.credentials.field('age-key')})`);
     const kube = ctx.adapters.kube;
     const namespaceExists = (await kube.get('v1', 'Namespace', want.namespace)) !== undefined;
     const current = namespaceExists ? await kube.get('v1', 'Secret', want.name, want.namespace) : undefined;

@@ -1,12 +1,13 @@
 // The root of the graph: settings valid, credentials readable, the age key an age identity,
-// and the API server answering /readyz (k3s may still be starting when NixOS runs us).
-// Writes nothing.
+// and the API server answering /readyz (k3s may still be starting when NixOS runs us); before the
+// first bootstrap it also warns about leftovers of the old stack (what `doctor` finds). Writes nothing.
 import { stat } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import type { Settings } from '../settings/schema.ts';
 import { parseSettings } from '../settings/load.ts';
 import type { CredentialName, Credentials } from '../credentials.ts';
 import { parseAgeIdentities } from '../agekey.ts';
+import { warnLeftovers } from '../doctor/doctor.ts';
 import type { Change, Outputs, Step, StepContext } from './types.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -92,11 +93,12 @@ export function makePreflightStep(options: PreflightOptions = {}): Step<Prefligh
       await warnIfExposed(ctx.credentials, 'kubeconfig', ctx.log);
       const key = await ctx.credentials.read('age-key');
       const path = ctx.credentials.path('age-key');
-      const identities = parseAgeIdentities(key.reveal(), `${path} (${ctx.credentials.field('age-key')})`);
+      const identities = await parseAgeIdentities(key.reveal(), `${path} (${ctx.credentials.field('age-key')})`);
       await warnIfExposed(ctx.credentials, 'age-key', ctx.log);
       const ageRecipients = identities.map((i) => i.recipient);
       ctx.log.info({ ageRecipients }, `age key holds ${identities.length} identit${identities.length === 1 ? 'y' : 'ies'}`);
       const readyzAttempts = await waitReadyz(ctx, opts);
+      await warnLeftovers(ctx.adapters.kube, ctx.log, ctx.signal);
       return { server: ctx.adapters.kube.server, ageRecipients, readyzAttempts };
     },
     changes(): Change[] {

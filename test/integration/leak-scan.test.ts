@@ -22,6 +22,7 @@ import { kubeJson } from '../rig/kube-http.ts';
 import { CloudflareEmulator } from '../rig/cloudflare-emulator.ts';
 import { readState } from '../../src/engine/state.ts';
 import { demoSettings } from '../rig/bootstrap-run.ts';
+import { ageKeygen, encryptInto, ksopsGenerator, secretYaml, sopsConfig, write } from '../rig/sops-tree.ts';
 
 const cli = join(repoRoot, 'src', 'cli.ts');
 
@@ -51,6 +52,8 @@ interface CliRun {
 }
 
 const runs: CliRun[] = [];
+/** `check-repo` and `doctor`, run with the same secrets in reach. */
+const checkRuns: CliRun[] = [];
 
 function readProc(pid: number, what: string): string | undefined {
   try {
@@ -167,6 +170,21 @@ before(async () => {
   const tunnel = emu.liveTunnels()[0];
   assert.ok(tunnel, 'the cold apply made no tunnel');
   secrets.set('the tunnel token', emu.tunnelToken(tunnel.id));
+
+  // check-repo on a tree holding a known secret, encrypted to the host key (decrypts) and to another
+  // key (fails, so sops' error path is scanned too); then doctor on the bootstrapped cluster.
+  const repo = join(dir, 'repo');
+  const value = randomBytes(18).toString('base64url');
+  secrets.set('a secret value in the GitOps tree', value);
+  const recipient = execFileSync(binPath('age-keygen'), ['-y', ageKeyFile], { encoding: 'utf8' }).trim();
+  write(repo, '.sops.yaml', sopsConfig('manifests/argocd-homelab/.*\\.enc\\.(yaml|json)$', [recipient]));
+  write(repo, 'manifests/argocd-homelab/media/transmission/ksops-generator.yaml', ksopsGenerator('vpn', ['./secrets.enc.yaml']));
+  encryptInto(repo, 'manifests/argocd-homelab/media/transmission/secrets.enc.yaml', secretYaml('transmission-vpn', { OPENVPN_PASSWORD: value }));
+  const other = ageKeygen(join(dir, 'other-keys.txt'));
+  secrets.set('the other age secret key', other.identity);
+  encryptInto(repo, 'manifests/argocd-homelab/apps/echo-server/secrets.enc.yaml', secretYaml('echo', { token: value }), [other.recipient]);
+  checkRuns.push(await runCli(['check-repo', '--config', config, '--repo', repo], env));
+  checkRuns.push(await runCli(['doctor', '--config', config], env));
 });
 
 after(async () => {
@@ -186,6 +204,25 @@ test('no log line (stdout, stderr) holds a secret', () => {
     assert.ok(r.output.split('\n').length > 20, `run ${i}: suspiciously few log lines`);
     for (const [n, line] of r.output.split('\n').entries()) assertClean(`run ${i} log line ${n + 1}`, line);
   }
+});
+
+test('check-repo and doctor: their output, argv and environment (sops included) hold no secret', () => {
+  const [checkRepo, doctor] = checkRuns;
+  assert.equal(checkRepo!.code, 1, checkRepo!.output);
+  assert.match(checkRepo!.output, /apps\/echo-server\/secrets\.enc\.yaml: does not decrypt with the host key/);
+  assert.doesNotMatch(checkRepo!.output, /media\/transmission\/secrets\.enc\.yaml: does not decrypt/);
+  assert.notEqual(doctor!.code, 1, doctor!.output);
+  for (const [i, r] of checkRuns.entries()) {
+    for (const [n, line] of r.output.split('\n').entries()) assertClean(`${i === 0 ? 'check-repo' : 'doctor'} output line ${n + 1}`, line);
+    for (const p of r.processes) {
+      assertClean(`argv of ${p.comm} (pid ${p.pid})`, p.cmdline);
+      assertClean(`environment of ${p.comm} (pid ${p.pid})`, p.environ);
+    }
+  }
+  const sops = checkRuns[0]!.processes.filter((p) => p.comm === 'sops');
+  assert.ok(sops.length >= 1, `sops was not seen in ${checkRuns[0]!.polls} polls`);
+  // The key reaches sops as a path, and sops gets none of the caller's environment.
+  for (const p of sops) if (p.environ) assert.match(p.environ, /^SOPS_AGE_KEY_FILE=\//m);
 });
 
 test('the state file and the settings file hold no secret', () => {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { AgeKeyError, bech32Decode, bech32Encode, parseAgeIdentities } from '../../src/agekey.ts';
+import { AgeKeyError, parseAgeIdentities } from '../../src/agekey.ts';
 import { ageKeyStep } from '../../src/steps/age-key.ts';
 import { AGE_SECRET_KEY, AGE_SECRET_NAME, ageSecretObject, desiredAgeKey } from '../../src/desired/age-key.ts';
 import { parseSettings } from '../../src/settings/load.ts';
@@ -14,9 +14,9 @@ const ID2 = 'AGE-SECRET-KEY-1432K5YRNSC44GC4986NXMX6GVZ52WTMT9C79CLUVWYY4DKDHD5J
 
 const WHERE = '/var/lib/sops-nix/keys.txt ($.sops.ageKeyFile)';
 
-function errorOf(text: string): AgeKeyError {
+async function errorOf(text: string): Promise<AgeKeyError> {
   try {
-    parseAgeIdentities(text, WHERE);
+    await parseAgeIdentities(text, WHERE);
   } catch (e) {
     assert.ok(e instanceof AgeKeyError, `expected AgeKeyError, got ${e}`);
     return e;
@@ -35,25 +35,29 @@ function assertSafe(e: Error, text: string) {
   }
 }
 
-test('an age-keygen file (comments + identity) parses, and yields the matching public key', () => {
+test('an age-keygen file (comments + identity) parses, and yields the matching public key', async () => {
   const text = `# created: 2024-01-01T00:00:00Z\n# public key: ${RCPT1}\n${ID1}\n`;
-  assert.deepEqual(parseAgeIdentities(text, WHERE), [{ line: 3, recipient: RCPT1 }]);
+  assert.deepEqual(await parseAgeIdentities(text, WHERE), [{ line: 3, recipient: RCPT1 }]);
 });
 
-test('several identities, blank lines and CRLF line ends are allowed', () => {
-  const ids = parseAgeIdentities(`${ID1}\r\n\r\n# second\r\n${ID2}\r\n`, WHERE);
+test('several identities, blank lines and CRLF line ends are allowed', async () => {
+  const ids = await parseAgeIdentities(`${ID1}\r\n\r\n# second\r\n${ID2}\r\n`, WHERE);
   assert.equal(ids.length, 2);
   assert.equal(ids[0]!.recipient, RCPT1);
   assert.deepEqual(ids.map((i) => i.line), [1, 4]);
 });
 
-test('bech32 round-trips and rejects a bad checksum', () => {
-  const d = bech32Decode(ID1);
-  assert.ok('data' in d && d.hrp === 'age-secret-key-' && d.data.length === 32);
-  assert.equal(bech32Encode('age-secret-key-', d.data).toUpperCase(), ID1);
+// The Bech32 codec is age-encryption's now; what stays ours is that a flipped checksum character
+// is refused with a reason that quotes nothing.
+test('a flipped checksum character is refused', async () => {
   const flipped = ID1.slice(0, -1) + (ID1.endsWith('7') ? '8' : '7');
-  assert.ok('error' in bech32Decode(flipped));
+  const e = await errorOf(`${flipped}\n`);
+  assert.match(e.message, /line 1 .*checksum/);
+  assertSafe(e, flipped);
 });
+
+// 31 bytes of 0x07, Bech32-encoded under the identity prefix (computed once; the library does not export its encoder).
+const SHORT_ID = 'AGE-SECRET-KEY-1QURSWPC8QURSWPC8QURSWPC8QURSWPC8QURSWPC8QURSWPC8QU5ZJT2P';
 
 const bad: [string, string, RegExp][] = [
   ['a typo in the key (bad checksum)', `# c\n${ID1.slice(0, 30)}X${ID1.slice(31)}\n`, /line 2 .*checksum/],
@@ -66,18 +70,20 @@ const bad: [string, string, RegExp][] = [
   ['a plugin identity', 'AGE-PLUGIN-YUBIKEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ\n', /line 1 is an age plugin identity/],
   ['only comments', '# created: today\n# public key: none\n\n', /holds no identity/],
   ['an SSH key', '-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n', /line 1 is not an age X25519 identity/],
-  ['a wrong payload length', `${bech32Encode('age-secret-key-', new Uint8Array(31).fill(7)).toUpperCase()}\n`, /31 bytes, expected 32/],
+  // age-encryption says only "invalid identity" for a wrong length, so the reason is less precise than the hand-written codec's "31 bytes".
+  ['a wrong payload length', `${SHORT_ID}\n`, /line 1 .*not 32 bytes/],
+  ['a lower-case identity (age writes and reads them upper case)', `${ID1.toLowerCase()}\n`, /line 1 .*upper case/],
 ];
 for (const [what, text, re] of bad) {
-  test(`malformed: ${what} → clear error naming the path and line, no key bytes`, () => {
-    const e = errorOf(text);
+  test(`malformed: ${what} → clear error naming the path and line, no key bytes`, async () => {
+    const e = await errorOf(text);
     assert.match(e.message, re);
     assertSafe(e, text);
   });
 }
 
-test('a bad second identity fails even when the first is fine (sops would fail on it too)', () => {
-  const e = errorOf(`${ID1}\n${ID2.slice(0, -2)}QQ\n`);
+test('a bad second identity fails even when the first is fine (sops would fail on it too)', async () => {
+  const e = await errorOf(`${ID1}\n${ID2.slice(0, -2)}QQ\n`);
   assert.match(e.message, /line 2/);
   assertSafe(e, `${ID1}\n${ID2}`);
 });

@@ -97,6 +97,10 @@ test('usage errors exit 64', async () => {
   const r = await run('apply', '--config', example, '--only', 'dnss');
   assert.equal(r.code, EXIT.usage);
   assert.match(r.err, /unknown step\(s\) in --only: dnss/);
+  assert.equal((await run('doctor')).code, EXIT.usage);
+  const c = await run('check-repo', '--config', example);
+  assert.equal(c.code, EXIT.usage);
+  assert.match(c.err, /check-repo needs --repo DIR/);
 });
 
 test('status reports the last run per step from the state directory', async () => {
@@ -123,4 +127,17 @@ test('status of a run that converged except for reported DNS conflicts: ok, and 
   assert.equal(EXIT.conflicts, 4);
   assert.match(r.out, /last run: apply .* ok, 0 changes/);
   assert.match(r.out, /dns +conflict .*because of a conflict/);
+});
+
+test('doctor with a kubeconfig that does not exist: exit 1 at once, naming the file', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hb-doctor-cli-'));
+  const settings = JSON.parse(readFileSync(example, 'utf8')) as Record<string, unknown>;
+  settings.kubeconfigFile = join(dir, 'missing.yaml');
+  const file = join(dir, 'settings.json');
+  writeFileSync(file, JSON.stringify(settings));
+  const started = performance.now();
+  const r = await run('doctor', '--config', file, '--skip-host');
+  assert.equal(r.code, EXIT.failed);
+  assert.match(r.err, /^doctor: cannot check the cluster: kubeconfig .*missing\.yaml cannot be read \(ENOENT\)$/m);
+  assert.ok(performance.now() - started < 5000);
 });
