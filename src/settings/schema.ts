@@ -110,6 +110,8 @@ export const settingsSchema = z.strictObject({
     revision: z.string().min(1).default('main'),
     path: z.string().min(1).default('manifests/argocd-homelab').describe('Directory holding the groups of apps.'),
     groups: z.array(k8sName).min(1).default(['infra', 'apps', 'media']).describe('Each group/* directory becomes an Application.'),
+    repoCredentialFile: absPath.optional().describe('Credential: HTTPS token or SSH private key for a private gitops.repoURL.'),
+    repoUsername: z.string().min(1).optional().describe('Username for an HTTPS token (default "git").'),
   }),
   cloudflare: z
     .strictObject({
