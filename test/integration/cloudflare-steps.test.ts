@@ -484,7 +484,7 @@ describe('credentials and permissions', () => {
     // A configured zone id needs no zone lookup, hence no Zone Read.
     const withId = harness((s) => (s.cloudflare.zoneId = emu.zone(ZONE).id));
     await drive(withId, dnsStep, tunnel.outputs);
-    assert.equal(emu.records(ZONE).length, 9);
+    assert.equal(emu.records(ZONE).length, 10);
   });
 });
 

@@ -44,7 +44,7 @@ function converged(want: DnsWant): ExistingRecord[] {
 const actions = (want: DnsWant, have: ExistingRecord[]) => planDns(want, have).map(opChange).map((c) => `${c.action} ${c.target}`);
 
 describe('desired DNS records', () => {
-  it("the example homelab gives SPEC.md's nine records", () => {
+  it("the example homelab gives SPEC.md's nine records, plus Hubble UI's", () => {
     const want = desiredDns(settings(), TUNNEL);
     assert.equal(want.zone, 'peterstorm.io');
     assert.deepEqual(
@@ -58,6 +58,7 @@ describe('desired DNS records', () => {
         ['A', 'transmission.peterstorm.io', '192.168.0.240', false, 1, MARKER],
         ['A', 'plex.peterstorm.io', '192.168.0.241', false, 1, MARKER],
         ['A', 'grafana.peterstorm.io', '192.168.0.240', false, 1, MARKER],
+        ['A', 'hubble.peterstorm.io', '192.168.0.240', false, 1, MARKER],
         ['A', 'argocd.peterstorm.io', '192.168.0.240', false, 1, MARKER],
       ],
     );
@@ -95,7 +96,7 @@ describe('desired DNS records', () => {
     const r = dnsStep.rendered(dnsStep.want(s, RENDER_UPSTREAM));
     assert.equal(r.dns?.zone, 'peterstorm.io');
     assert.equal(r.dns?.records[0]?.content, '<tunnel-id>.cfargotunnel.com');
-    assert.equal(r.dns?.records.length, 9);
+    assert.equal(r.dns?.records.length, 10);
     const t = tunnelStep.rendered(tunnelStep.want(s, RENDER_UPSTREAM));
     assert.deepEqual(t.tunnel, { name: 'homelab', ingress: [{ hostname: 'echo-server.peterstorm.io', service: 'http://cilium-ingress.kube-system.svc.cluster.local:80' }, { service: 'http_status:404' }] });
     assert.match(JSON.stringify(t.objects), /<token of Cloudflare tunnel homelab>/);
@@ -117,11 +118,11 @@ describe('ownership marker', () => {
 describe('planDns', () => {
   const want = desiredDns(settings(), TUNNEL);
 
-  it('an empty zone: nine creates', () => {
+  it('an empty zone: a create per host', () => {
     const ops = planDns(want, []);
     assert.deepEqual(
       ops.map((o) => o.kind),
-      Array(9).fill('create'),
+      Array(10).fill('create'),
     );
   });
 
@@ -156,7 +157,7 @@ describe('planDns', () => {
     assert.equal(conflict.record.name, 'sonarr.peterstorm.io');
     assert.match(conflict.detail, /already has A sonarr\.peterstorm\.io → 192\.168\.0\.10, not created by homelab-bootstrap.*adopt/);
     assert.ok(!ops.some((o) => (o.kind === 'update' || o.kind === 'delete') && (o.kind === 'delete' ? o.existing : o.existing).id === have[0]!.id));
-    assert.equal(ops.filter((o) => o.kind === 'create').length, 8);
+    assert.equal(ops.filter((o) => o.kind === 'create').length, 9);
   });
 
   it('an identical unowned record is still a conflict without adopt', () => {
@@ -219,7 +220,7 @@ describe('planDns', () => {
   it('runs deletes first, then updates, then creates', () => {
     const have = [rec('A', 'old.peterstorm.io', '192.168.0.240'), rec('A', 'plex.peterstorm.io', '192.168.0.9')];
     const kinds = planDns(want, have).map((o) => o.kind).filter((k) => k !== 'noop');
-    assert.deepEqual(kinds, ['delete', 'update', ...Array(8).fill('create')]);
+    assert.deepEqual(kinds, ['delete', 'update', ...Array(9).fill('create')]);
   });
 
   it('recordDiff ignores the TTL of proxied records', () => {

@@ -813,6 +813,12 @@ describe('media/transmission', () => {
     assert.deepEqual(keys.sort(), ['OPENVPN_PASSWORD', 'OPENVPN_USERNAME']);
   });
 
+  it('keeps transmission-home where the old setup had it: /var/data/configs/transmission/transmission-home', () => {
+    const home = resolvePath(w.spec, c, env.TRANSMISSION_HOME!);
+    const claim = one(a, 'PersistentVolumeClaim', home?.volume?.persistentVolumeClaim?.claimName);
+    assert.equal(join(claimHostPath(claim, 'transmission'), env.TRANSMISSION_HOME!.slice(home!.mount.mountPath.length)), '/var/data/configs/transmission/transmission-home');
+  });
+
   it('accepts RPC calls for its ingress host and its in-cluster name', () => {
     const allowed = (env.TRANSMISSION_RPC_HOST_WHITELIST ?? '').split(',');
     const ing = one(a, 'Ingress', 'transmission');
