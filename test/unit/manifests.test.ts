@@ -537,7 +537,7 @@ describe('SOPS setup (structure: rules, generators, Secret keys; nothing is decr
     assert.ok(encFiles().length >= 3, `expected encrypted secrets for transmission, grafana-admin and plex, found ${encFiles().length}`);
     for (const f of encFiles()) {
       assert.match(relative(gitopsRoot, f), re);
-      assert.equal(ruleFor(f), rule, `${relative(gitopsRoot, f)}: an earlier rule catches it`);
+      assert.deepEqual(ruleFor(f), rule, `${relative(gitopsRoot, f)}: an earlier rule catches it`);
     }
     assert.doesNotMatch('manifests/argocd-homelab/media/transmission/deployment.yaml', re);
   });
