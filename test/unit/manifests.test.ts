@@ -241,7 +241,7 @@ describe('root ApplicationSet (appsets.yaml)', () => {
 
   it('discovers <path>/<group>/* for every group in the settings, from the settings repo and revision', () => {
     const { repoURL, revision, path, groups } = settings.gitops;
-    assert.equal(path, relative(repoRoot, tree), 'settings.gitops.path must point at this tree');
+    assert.equal(path, relative(gitopsRoot, tree), 'settings.gitops.path must point at this tree');
     const gens = appset.spec.generators;
     assert.equal(gens.length, 1);
     assert.equal(gens[0].git.repoURL, repoURL);
