@@ -297,6 +297,9 @@ describe('the real argo-cd chart with the daemon\'s values', () => {
     const init = (spec.initContainers ?? []).find((c: Obj) => c.name === 'install-ksops');
     assert.deepEqual(init?.command, ['/usr/local/bin/ksops', 'install', '/custom-tools']);
     assert.ok(spec.volumes.some((v: Obj) => v.name === 'custom-tools' && v.emptyDir));
+    // The patched Deployment is one the real apiserver accepts as it stands.
+    const applied = dryRun(stringify({ ...repoServer, metadata: { ...repoServer.metadata, namespace: 'argocd' } }));
+    assert.equal(applied.status, 0, applied.stderr);
     // The build options reach argocd-cm, where the repo-server reads them.
     const cm = parseDocs(r.stdout).find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'argocd-cm');
     assert.match(cm?.data?.['kustomize.buildOptions'] ?? '', /--enable-alpha-plugins.*--enable-exec/);
