@@ -87,7 +87,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         const settings = loadSettings(file);
         if (o['check-files']) {
           const credentials = new Credentials(settings);
-          const missing = CREDENTIAL_NAMES.filter((n) => n !== 'cloudflare-api-token' || settings.cloudflare)
+          const missing = CREDENTIAL_NAMES.filter((n) => credentials.configured(n))
             .map((n) => ({ n, p: credentials.path(n) }))
             .filter(({ p }) => !existsSync(p))
             .map(({ n, p }) => `${credentials.field(n)}: ${p} does not exist (the ${n} credential)`);

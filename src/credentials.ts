@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import type { Settings } from './settings/schema.ts';
 import { Secret } from './secret.ts';
 
-export const CREDENTIAL_NAMES = ['kubeconfig', 'age-key', 'cloudflare-api-token'] as const;
+export const CREDENTIAL_NAMES = ['kubeconfig', 'age-key', 'cloudflare-api-token', 'git-repo-credential'] as const;
 export type CredentialName = (typeof CREDENTIAL_NAMES)[number];
 
 /**
@@ -52,7 +52,19 @@ export class Credentials {
 
   /** The settings field a credential comes from, for error messages. */
   field(name: CredentialName): string {
-    return { kubeconfig: '$.kubeconfigFile', 'age-key': '$.sops.ageKeyFile', 'cloudflare-api-token': '$.cloudflare.apiTokenFile' }[name];
+    return {
+      kubeconfig: '$.kubeconfigFile',
+      'age-key': '$.sops.ageKeyFile',
+      'cloudflare-api-token': '$.cloudflare.apiTokenFile',
+      'git-repo-credential': '$.gitops.repoCredentialFile',
+    }[name];
+  }
+
+  /** Whether the settings ask for this credential at all (the optional ones may be left out). */
+  configured(name: CredentialName): boolean {
+    if (name === 'cloudflare-api-token') return this.#settings.cloudflare !== undefined;
+    if (name === 'git-repo-credential') return this.#settings.gitops.repoCredentialFile !== undefined;
+    return true;
   }
 
   path(name: CredentialName): string {
@@ -64,6 +76,7 @@ export class Credentials {
       kubeconfig: this.#settings.kubeconfigFile,
       'age-key': this.#settings.sops.ageKeyFile,
       'cloudflare-api-token': this.#settings.cloudflare?.apiTokenFile,
+      'git-repo-credential': this.#settings.gitops.repoCredentialFile,
     }[name];
     if (!p) throw new CredentialError(`${this.field(name)} is not set; the ${name} credential is needed`);
     return p;

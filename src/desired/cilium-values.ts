@@ -2,6 +2,7 @@
 // DESIGN.md ("Facts the generated values must respect"); the user's `cilium.values` are
 // deep-merged on top, so any of them can still be changed or removed (null) on purpose.
 import type { Settings } from '../settings/schema.ts';
+import { fqdn } from '../settings/names.ts';
 import { deepMerge, type JsonObject } from './merge.ts';
 
 /** Where k3s keeps its CNI binaries and config, instead of /opt/cni/bin and /etc/cni/net.d. */
@@ -10,6 +11,23 @@ export const K3S_CNI_CONF_PATH = '/var/lib/rancher/k3s/agent/etc/cni/net.d';
 
 /** Hubble metrics exported for Prometheus (kube-prometheus-stack scrapes them once it runs). */
 export const HUBBLE_METRICS = ['dns', 'drop', 'tcp', 'flow', 'port-distribution', 'icmp', 'httpV2'] as const;
+
+/**
+ * Grafana dashboards the chart ships as ConfigMaps in the release namespace (kube-system, which
+ * exists before the monitoring namespace does), labelled the way kube-prometheus-stack's Grafana
+ * sidecar looks for them (its default label, searched in every namespace by the GitOps tree).
+ */
+export const GRAFANA_DASHBOARD_LABEL = { label: 'grafana_dashboard', labelValue: '1' } as const;
+
+/** The `hosts` entry whose name gives Hubble UI its Ingress (a label under `domain` or a full name). */
+export const HUBBLE_UI_HOST = 'hubble';
+export const INGRESS_CLASS = 'cilium';
+
+/** Hubble UI's Ingress host: the `hubble` entry of the hosts table, if the settings have one. */
+export function hubbleUiHost(settings: Settings): string | undefined {
+  const want = fqdn(HUBBLE_UI_HOST, settings.domain);
+  return settings.hosts.some((h) => fqdn(h.name, settings.domain) === want) ? want : undefined;
+}
 
 /** The annotation Cilium LB-IPAM reads to pin a Service's LoadBalancer IP. */
 export const LB_IPAM_IPS_ANNOTATION = 'lbipam.cilium.io/ips';
@@ -37,6 +55,7 @@ export function devicesFromInterfaces(interfaces: readonly string[]): string[] |
 export function generatedCiliumValues(settings: Settings): JsonObject {
   const { apiServer, ingressIP, interfaces } = settings.network;
   const devices = devicesFromInterfaces(interfaces);
+  const uiHost = hubbleUiHost(settings);
   return {
     // k3s runs with --disable-kube-proxy; without kube-proxy Cilium cannot reach the API through
     // the kubernetes Service, so it dials k3s' local load balancer (never a LAN IP).
@@ -53,8 +72,9 @@ export function generatedCiliumValues(settings: Settings): JsonObject {
     ipam: { mode: 'kubernetes' },
     // One node: a second replica would stay Pending forever. The metrics ports (agent and
     // operator) are what the GitOps tree's PodMonitors scrape, once kube-prometheus-stack exists.
-    operator: { replicas: 1, prometheus: { enabled: true } },
+    operator: { replicas: 1, prometheus: { enabled: true }, dashboards: { enabled: true, ...GRAFANA_DASHBOARD_LABEL } },
     prometheus: { enabled: true },
+    dashboards: { enabled: true, ...GRAFANA_DASHBOARD_LABEL },
     l2announcements: { enabled: true },
     ingressController: {
       enabled: true,
@@ -68,7 +88,13 @@ export function generatedCiliumValues(settings: Settings): JsonObject {
     hubble: {
       enabled: true,
       relay: { enabled: true },
-      metrics: { enabled: [...HUBBLE_METRICS] },
+      metrics: { enabled: [...HUBBLE_METRICS], dashboards: { enabled: true, ...GRAFANA_DASHBOARD_LABEL } },
+      // The UI on the shared ingress, at the `hubble` host of the settings (a local A record to the
+      // ingress VIP); without such a host the UI still runs, for `cilium hubble ui` port-forwards.
+      ui: {
+        enabled: true,
+        ...(uiHost ? { ingress: { enabled: true, className: INGRESS_CLASS, hosts: [uiHost] } } : {}),
+      },
     },
   };
 }

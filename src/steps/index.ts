@@ -5,6 +5,7 @@ import { ciliumStep } from './cilium.ts';
 import { ciliumCrdsStep } from './cilium-crds.ts';
 import { ciliumL2Step } from './cilium-l2.ts';
 import { ageKeyStep } from './age-key.ts';
+import { repoCredentialStep } from './repo-credential.ts';
 import { argocdStep } from './argocd.ts';
 import { tunnelStep } from './tunnel.ts';
 import { dnsStep } from './dns.ts';
@@ -16,6 +17,7 @@ export const STEPS: readonly Step[] = [
   ciliumCrdsStep,
   ciliumL2Step,
   ageKeyStep,
+  repoCredentialStep,
   argocdStep,
   tunnelStep,
   dnsStep,

@@ -22,7 +22,8 @@ export function makeRootAppsetStep(options: RootAppsetOptions = {}): Step<KubeOb
   const crdWaitMs = options.crdWaitMs ?? 120_000;
   return {
     name: 'root-appset',
-    needs: ['argocd'],
+    // repo-credential first: with a private repoURL, the ApplicationSet's git generator fails until Argo CD can read it.
+    needs: ['argocd', 'repo-credential'],
     timeoutMs: crdWaitMs + 60_000,
     want(settings: Settings): KubeObject {
       return desiredAppSet(settings);

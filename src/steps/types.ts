@@ -12,6 +12,7 @@ export const STEP_NAMES = [
   'cilium-crds',
   'cilium-l2',
   'age-key',
+  'repo-credential',
   'argocd',
   'tunnel',
   'dns',

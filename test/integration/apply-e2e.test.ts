@@ -57,11 +57,11 @@ test('cold apply converges every step, waiting for the Cilium CRDs that appear 5
   const r = await cli('apply', '--config', config());
   operator.cancel();
   assert.equal(r.code, 0, r.out + r.err);
-  assert.match(r.out, /apply: 9 steps, \d+ changes, 0 failed/);
+  assert.match(r.out, /apply: 10 steps, \d+ changes, 0 failed/);
   const lines = r.out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
   assert.ok(lines.length > 0 && lines.every((l) => typeof l.msg === 'string'), 'JSON log lines with a readable msg');
   assert.ok(lines.filter((l) => l.event === 'finish').every((l) => typeof l.step === 'string' && typeof l.durationMs === 'number'));
-  assert.equal(emu.records(ZONE).length, 9);
+  assert.equal(emu.records(ZONE).length, 10);
   assert.equal(emu.liveTunnels().length, 1);
 });
 
@@ -70,7 +70,7 @@ test('a second apply writes nothing anywhere and makes no Helm revision; plan ex
   emu.resetLog();
   const r = await cli('apply', '--config', config());
   assert.equal(r.code, 0, r.out + r.err);
-  assert.match(r.out, /apply: 9 steps, 0 changes, 0 failed/);
+  assert.match(r.out, /apply: 10 steps, 0 changes, 0 failed/);
   const counts = await countRequests(cp, { since: mark });
   assert.equal(counts.writes, 0, `writes: ${JSON.stringify(counts.byResource)}`);
   assert.ok(counts.reads > 0);

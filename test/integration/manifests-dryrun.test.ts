@@ -1,27 +1,33 @@
-// The GitOps tree as Argo CD would see it: every app directory built by the real `kubectl kustomize`
-// (ksops on PATH, decrypting with the throwaway test key), then every object server-side dry-run
-// against a real kube-apiserver that has the real Argo CD, Cilium and Prometheus Operator CRDs.
+// The GitOps tree as Argo CD would see it: a copy of it made a user's own (a key made at run time,
+// fixture values encrypted to it by the real sops: the tests never depend on the key the committed
+// files use), every app directory built by the real kustomize with ksops on PATH, then every
+// object server-side dry-run against a real kube-apiserver that has the real Argo CD, Cilium and
+// Prometheus Operator CRDs. Also: the StorageClasses and claims as the apiserver stores them, and
+// the real argo-cd chart rendered with the daemon's values (ksops without replacing kustomize).
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { parseAllDocuments, parse as parseYaml, stringify } from 'yaml';
 import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { crdNames, installCrds, sharedCrdsDir, waitEstablished } from '../rig/crds.ts';
+import { ageKeygen, copyGitopsTree, rekeyCopy, treeOf, type AgeKey } from '../rig/gitops-copy.ts';
+import { loadSettings } from '../../src/settings/load.ts';
+import { argocdValues } from '../../src/desired/argocd-values.ts';
 
 // Kubernetes objects are open-ended JSON; the tests check shapes field by field.
 type Obj = any;
 
-const tree = join(repoRoot, 'manifests', 'argocd-homelab');
 const groups = ['infra', 'apps', 'media'];
-const testKey = join(repoRoot, 'test', 'fixtures', 'age', 'test-key.txt');
-// Throwaway values the committed secrets.enc.yaml files were encrypted with.
-const FIXTURE_SECRETS: Record<string, Record<string, string>> = {
-  'transmission/transmission-vpn': { OPENVPN_USERNAME: 'test-user', OPENVPN_PASSWORD: 'test-password' },
-  'monitoring/grafana-admin': { 'admin-user': 'admin', 'admin-password': 'test-password' },
-};
+// The copy of the tree under test, its key and the fixture values encrypted to it (set in before()).
+const work = mkdtempSync(join(tmpdir(), 'hb-dryrun-'));
+const root = copyGitopsTree(join(work, 'repo'));
+const tree = treeOf(root);
+let key: AgeKey;
+let FIXTURE_SECRETS: Record<string, Record<string, string>>;
 
 interface Built {
   name: string;
@@ -67,7 +73,7 @@ function run(file: string, args: string[], opts: { input?: string; env?: Record<
 function buildEnv(extra: Record<string, string> = {}): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v;
-  return { ...env, PATH: `${binDir()}${delimiter}${process.env.PATH ?? ''}`, SOPS_AGE_KEY_FILE: testKey, ...extra };
+  return { ...env, PATH: `${binDir()}${delimiter}${process.env.PATH ?? ''}`, SOPS_AGE_KEY_FILE: key.file, ...extra };
 }
 
 function kustomize(dir: string, extraEnv: Record<string, string> = {}): Run {
@@ -94,6 +100,8 @@ before(async () => {
   // Building first: it needs no cluster and its failures are the cheaper ones to read.
   binPath('ksops');
   binPath('sops');
+  key = ageKeygen(work);
+  FIXTURE_SECRETS = rekeyCopy(root, key.recipient, (secret, k) => `fixture ${secret} ${k}`);
   for (const { name, dir } of appDirs) {
     const usesKsops = existsSync(join(dir, 'ksops-generator.yaml'));
     const r = kustomize(dir);
@@ -112,6 +120,7 @@ before(async () => {
 
 after(async () => {
   await cp?.stop();
+  rmSync(work, { recursive: true, force: true });
 });
 
 describe('kustomize build', () => {
@@ -131,7 +140,7 @@ describe('kustomize build', () => {
     }
   });
 
-  it('ksops decrypts the committed secrets with the test key to the fixture values', () => {
+  it('ksops decrypts every Secret with the run-time key to the fixture values', () => {
     const secrets = built.flatMap((b) => b.objects.filter((o) => o.kind === 'Secret').map((s) => ({ b, s })));
     assert.deepEqual(secrets.map(({ s }) => `${s.metadata.namespace}/${s.metadata.name}`).sort(), Object.keys(FIXTURE_SECRETS).sort());
     for (const { b, s } of secrets) {
@@ -146,7 +155,7 @@ describe('kustomize build', () => {
   it('a ksops directory does not build without the key (so the build above really decrypted)', () => {
     const ksopsDir = built.find((b) => b.usesKsops);
     assert.ok(ksopsDir);
-    const r = kustomize(ksopsDir.dir, { SOPS_AGE_KEY_FILE: join(repoRoot, 'test', 'fixtures', 'age', 'does-not-exist.txt') });
+    const r = kustomize(ksopsDir.dir, { SOPS_AGE_KEY_FILE: join(work, 'does-not-exist.txt') });
     assert.notEqual(r.status, 0, 'built without a usable age key');
   });
 
@@ -220,5 +229,79 @@ describe('server-side dry-run against the real apiserver and CRDs', () => {
     const r2 = dryRun(stringify(typo));
     assert.notEqual(r2.status, 0, 'an unknown field in an ApplicationSet was accepted');
     assert.match(r2.stderr, /automatic/);
+  });
+});
+
+describe('state on the host: StorageClasses and claims as the apiserver keeps them', () => {
+  /** local-path-provisioner's directory for a claim (provisioner.go: nodePath + pathPattern over the claim). */
+  const hostDir = (sc: Obj, pvc: Obj): string =>
+    join(sc.parameters.nodePath, String(sc.parameters.pathPattern).replace(/\{\{\s*\.PVC\.(Namespace|Name)\s*\}\}/g, (_m, f) => (f === 'Namespace' ? pvc.metadata.namespace : pvc.metadata.name)));
+
+  it('applied for real, each app claim resolves to /var/data/configs/<app> through a Retain class of the k3s provisioner', () => {
+    const storage = built.find((b) => b.name === 'storage');
+    assert.ok(storage, 'no infra/storage build');
+    const claims = built.flatMap((b) => b.objects.filter((o) => o.kind === 'PersistentVolumeClaim'));
+    assert.ok(claims.length >= 6, `only ${claims.length} claims`);
+    const r = kubectl(['apply', '--server-side', '--field-manager=argocd-controller', '-f', '-'], [storage.yaml, ...claims.map((c) => stringify(c))].join('---\n'));
+    assert.equal(r.status, 0, r.stderr);
+    const classes = JSON.parse(kubectl(['get', 'storageclasses', '-o', 'json']).stdout).items as Obj[];
+    const stored = JSON.parse(kubectl(['get', 'pvc', '--all-namespaces', '-o', 'json']).stdout).items as Obj[];
+    for (const name of ['plex', 'sonarr', 'radarr', 'prowlarr', 'overseerr', 'transmission']) {
+      const pvc = stored.find((p) => p.metadata.namespace === name);
+      assert.ok(pvc, `${name}: no claim stored`);
+      const sc = classes.find((c) => c.metadata.name === pvc.spec.storageClassName);
+      assert.ok(sc, `${name}: claim names StorageClass ${pvc.spec.storageClassName}, which does not exist`);
+      assert.equal(sc.provisioner, 'rancher.io/local-path');
+      assert.equal(sc.reclaimPolicy, 'Retain', `${sc.metadata.name}: a deleted claim would take the config with it`);
+      assert.equal(sc.volumeBindingMode, 'WaitForFirstConsumer');
+      assert.equal(hostDir(sc, pvc), `/var/data/configs/${name}`);
+      // Unbound until a pod is scheduled (WaitForFirstConsumer): nothing made a directory yet.
+      assert.equal(pvc.status?.phase, 'Pending');
+    }
+    const data = classes.find((c) => c.metadata.name === 'homelab-data');
+    assert.equal(hostDir(data, { metadata: { namespace: 'monitoring', name: 'storage-grafana' } }), '/var/data/configs/monitoring/storage-grafana');
+  });
+
+  it('StorageClass parameters are immutable: the apiserver refuses a changed pathPattern (so the tree must get it right once)', () => {
+    const storage = built.find((b) => b.name === 'storage')!;
+    const changed = storage.objects.map((o) => (o.metadata.name === 'homelab-configs' ? { ...o, parameters: { ...o.parameters, pathPattern: '{{ .PVC.Name }}' } } : o));
+    const r = dryRun(changed.map((o) => stringify(o)).join('---\n'));
+    assert.notEqual(r.status, 0, 'a changed pathPattern was accepted');
+    assert.match(r.stderr, /parameters.*(immutable|Forbidden)|Forbidden.*parameters/is);
+  });
+});
+
+describe('the real argo-cd chart with the daemon\'s values', () => {
+  // Beside ../shared/crds, where the rig finds the CRDs.
+  const chart = join(sharedCrdsDir, '..', 'charts', 'argo-cd-10.1.1.tgz');
+
+  it('renders a repo-server that keeps Argo CD\'s kustomize and finds ksops on PATH', () => {
+    const settings = loadSettings(join(repoRoot, 'examples', 'homelab.json'));
+    const r = run(binPath('helm'), ['template', 'argocd', chart, '--namespace', 'argocd', '-f', '-'], {
+      input: JSON.stringify(argocdValues(settings)),
+      env: { ...(process.env as Record<string, string>), HELM_CACHE_HOME: join(work, 'helm-cache'), HELM_CONFIG_HOME: join(work, 'helm-config'), HELM_DATA_HOME: join(work, 'helm-data') },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const repoServer = parseDocs(r.stdout).find((o) => o.kind === 'Deployment' && o.metadata.name === 'argocd-repo-server');
+    assert.ok(repoServer, 'no argocd-repo-server Deployment');
+    const spec = repoServer.spec.template.spec;
+    const main = spec.containers.find((c: Obj) => c.name === 'repo-server');
+    assert.ok(main, 'no repo-server container');
+    const mounts: Obj[] = main.volumeMounts ?? [];
+    assert.ok(mounts.some((m) => m.mountPath === '/usr/local/bin/ksops' && m.subPath === 'ksops' && m.name === 'custom-tools'), 'ksops is not on PATH');
+    for (const m of mounts) {
+      assert.notEqual(m.mountPath, '/usr/local/bin/kustomize', 'Argo CD\'s kustomize is replaced');
+      assert.notEqual(m.mountPath.replace(/\/$/, ''), '/usr/local/bin', '/usr/local/bin is hidden by a mount');
+    }
+    assert.ok(!(main.env ?? []).some((e: Obj) => e.name === 'PATH'), 'PATH overridden: the image\'s /usr/local/bin may not be on it');
+    const init = (spec.initContainers ?? []).find((c: Obj) => c.name === 'install-ksops');
+    assert.deepEqual(init?.command, ['/usr/local/bin/ksops', 'install', '/custom-tools']);
+    assert.ok(spec.volumes.some((v: Obj) => v.name === 'custom-tools' && v.emptyDir));
+    // The patched Deployment is one the real apiserver accepts as it stands.
+    const applied = dryRun(stringify({ ...repoServer, metadata: { ...repoServer.metadata, namespace: 'argocd' } }));
+    assert.equal(applied.status, 0, applied.stderr);
+    // The build options reach argocd-cm, where the repo-server reads them.
+    const cm = parseDocs(r.stdout).find((o) => o.kind === 'ConfigMap' && o.metadata.name === 'argocd-cm');
+    assert.match(cm?.data?.['kustomize.buildOptions'] ?? '', /--enable-alpha-plugins.*--enable-exec/);
   });
 });

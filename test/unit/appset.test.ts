@@ -76,7 +76,7 @@ test('root-appset: waits for the CRD when discovery does not serve ApplicationSe
   const w = rootAppsetStep.want(settings(), {});
   const c = rootAppsetStep.changes(w, { served: false, current: undefined });
   assert.deepEqual(c.map((x) => `${x.action} ${x.target}`), ['wait CRD applicationsets.argoproj.io', 'create ApplicationSet argocd/homelab']);
-  assert.deepEqual(rootAppsetStep.needs, ['argocd']);
+  assert.deepEqual(rootAppsetStep.needs, ['argocd', 'repo-credential']);
   assert.deepEqual(rootAppsetStep.rendered(w).objects, [w]);
 });
 

@@ -27,21 +27,28 @@ test('kustomize build options enable plugins, exec (ksops) and helm (helmCharts)
   assert.deepEqual(opts.split(' ').sort(), ['--enable-alpha-plugins', '--enable-exec', '--enable-helm']);
 });
 
-test('ksops v4.5.1 installs itself and kustomize into the custom-tools emptyDir from an initContainer', () => {
+test('ksops v4.5.1 installs only itself into the custom-tools emptyDir from an initContainer', () => {
   const r = repo();
   assert.deepEqual(byName(r.volumes, 'custom-tools'), { name: 'custom-tools', emptyDir: {} });
   const init = byName(r.initContainers, 'install-ksops');
   assert.equal(init.image, 'viaductoss/ksops:v4.5.1');
-  // Distroless image: the old `/bin/sh -c mv ...` recipe has no shell to run in.
-  assert.deepEqual(init.command, ['/usr/local/bin/ksops', 'install', '--with-kustomize', '/custom-tools']);
+  // Distroless image: the old `/bin/sh -c mv ...` recipe has no shell to run in. No
+  // --with-kustomize: ksops' bundled kustomize runs `helm version -c`, which Helm 4 rejects.
+  assert.deepEqual(init.command, ['/usr/local/bin/ksops', 'install', '/custom-tools']);
+  assert.ok(!init.command.includes('--with-kustomize'));
   assert.equal('args' in init, false);
   assert.deepEqual(init.volumeMounts, [{ mountPath: '/custom-tools', name: 'custom-tools' }]);
 });
 
-test('the repo-server runs the custom-tools kustomize and has ksops on PATH', () => {
+test('the repo-server keeps Argo CD\'s own kustomize and finds ksops on PATH', () => {
   const mounts: any[] = repo().volumeMounts;
-  assert.deepEqual(mounts.find((m) => m.mountPath === '/usr/local/bin/kustomize'), { mountPath: '/usr/local/bin/kustomize', name: 'custom-tools', subPath: 'kustomize' });
   assert.deepEqual(mounts.find((m) => m.mountPath === '/usr/local/bin/ksops'), { mountPath: '/usr/local/bin/ksops', name: 'custom-tools', subPath: 'ksops' });
+  // Nothing shadows the image's kustomize: no file mount on it, no mount over /usr/local/bin.
+  for (const m of mounts) {
+    assert.notEqual(m.mountPath, '/usr/local/bin/kustomize', 'a mount replaces Argo CD\'s kustomize');
+    assert.notEqual(m.mountPath.replace(/\/$/, ''), '/usr/local/bin', 'a mount hides /usr/local/bin');
+  }
+  assert.equal((repo().env as any[]).some((e) => e.name === 'PATH'), false, 'PATH is the image\'s own');
 });
 
 test('the age Secret sops-age-key (key keys.txt) is mounted and SOPS_AGE_KEY_FILE points at it', () => {

@@ -116,3 +116,22 @@ test('agent and operator expose metrics for the GitOps tree PodMonitors, without
   assert.equal(v.prometheus.serviceMonitor, undefined);
   assert.equal(v.operator.prometheus.serviceMonitor, undefined);
 });
+
+test('the chart ships the agent, operator and Hubble dashboards for Grafana\'s sidecar (label grafana_dashboard=1)', () => {
+  const v = values();
+  for (const d of [v.dashboards, v.operator.dashboards, v.hubble.metrics.dashboards]) {
+    assert.deepEqual(d, { enabled: true, label: 'grafana_dashboard', labelValue: '1' });
+  }
+  // No namespace: the ConfigMaps go to the release namespace, which exists at install time
+  // (monitoring does not yet); the sidecar searches every namespace.
+  assert.equal('namespace' in v.dashboards, false);
+});
+
+test('Hubble UI runs, with an Ingress on the cilium class only for a `hubble` host in the hosts table', () => {
+  assert.deepEqual(values().hubble.ui, { enabled: true });
+  for (const name of ['hubble', 'hubble.example.org']) {
+    const v = values({ hosts: [{ name, access: 'local' }] });
+    assert.deepEqual(v.hubble.ui.ingress, { enabled: true, className: 'cilium', hosts: ['hubble.example.org'] });
+  }
+  assert.equal(values({ hosts: [{ name: 'grafana', access: 'local' }] }).hubble.ui.ingress, undefined);
+});

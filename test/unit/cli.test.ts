@@ -77,7 +77,7 @@ test('render --output json parses and holds every part of the desired state', as
   assert.equal(r.code, EXIT.ok, r.err);
   const out = JSON.parse(r.out);
   assert.deepEqual(out.helmReleases.map((h: any) => `${h.namespace}/${h.name}`), ['kube-system/cilium', 'argocd/argocd']);
-  assert.deepEqual(out.dns.map((z: any) => [z.zone, z.records.length]), [['peterstorm.io', 9]]);
+  assert.deepEqual(out.dns.map((z: any) => [z.zone, z.records.length]), [['peterstorm.io', 10]]);
   assert.equal(out.tunnel.ingress.at(-1).service, 'http_status:404');
   const kinds = out.objects.map((o: any) => o.kind);
   for (const k of ['CiliumLoadBalancerIPPool', 'CiliumL2AnnouncementPolicy', 'ApplicationSet']) assert.ok(kinds.includes(k), `render lacks ${k}`);

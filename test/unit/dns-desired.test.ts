@@ -58,7 +58,7 @@ const actions = (want: DnsWant, have: ExistingRecord[]) => plan(want, have).map(
 const Z = ` (zone ${ZONE})`;
 
 describe('desired DNS records', () => {
-  it("the example homelab gives SPEC.md's nine records", () => {
+  it("the example homelab gives SPEC.md's nine records, plus Hubble UI's", () => {
     const want = desiredDns(settings(), TUNNEL);
     assert.deepEqual(want.zones.map((z) => z.zone), [ZONE]);
     assert.equal(want.owner, 'homelab');
@@ -73,6 +73,7 @@ describe('desired DNS records', () => {
         ['A', 'transmission.peterstorm.io', '192.168.0.240', false, 1, MARKER],
         ['A', 'plex.peterstorm.io', '192.168.0.241', false, 1, MARKER],
         ['A', 'grafana.peterstorm.io', '192.168.0.240', false, 1, MARKER],
+        ['A', 'hubble.peterstorm.io', '192.168.0.240', false, 1, MARKER],
         ['A', 'argocd.peterstorm.io', '192.168.0.240', false, 1, MARKER],
       ],
     );
@@ -110,7 +111,7 @@ describe('desired DNS records', () => {
     const r = dnsStep.rendered(dnsStep.want(s, RENDER_UPSTREAM));
     assert.deepEqual(r.dns?.map((z) => z.zone), [ZONE]);
     assert.equal(r.dns?.[0]?.records[0]?.content, '<tunnel-id>.cfargotunnel.com');
-    assert.equal(r.dns?.[0]?.records.length, 9);
+    assert.equal(r.dns?.[0]?.records.length, 10);
     const t = tunnelStep.rendered(tunnelStep.want(s, RENDER_UPSTREAM));
     assert.deepEqual(t.tunnel, { name: 'homelab', ingress: [{ hostname: 'echo-server.peterstorm.io', service: 'http://cilium-ingress.kube-system.svc.cluster.local:80' }, { service: 'http_status:404' }] });
     assert.match(JSON.stringify(t.objects), /<token of Cloudflare tunnel homelab>/);
@@ -152,11 +153,11 @@ describe('ownership marker', () => {
 describe('planDns', () => {
   const want = desiredDns(settings(), TUNNEL);
 
-  it('an empty zone: nine creates', () => {
+  it('an empty zone: a create per host', () => {
     const ops = plan(want, []);
     assert.deepEqual(
       ops.map((o) => o.kind),
-      Array(9).fill('create'),
+      Array(10).fill('create'),
     );
   });
 
@@ -191,7 +192,7 @@ describe('planDns', () => {
     assert.equal(conflict.record.name, 'sonarr.peterstorm.io');
     assert.match(conflict.detail, /already has A sonarr\.peterstorm\.io → 192\.168\.0\.10, not created by homelab-bootstrap.*adopt/);
     assert.ok(!ops.some((o) => (o.kind === 'update' || o.kind === 'delete') && (o.kind === 'delete' ? o.existing : o.existing).id === have[0]!.id));
-    assert.equal(ops.filter((o) => o.kind === 'create').length, 8);
+    assert.equal(ops.filter((o) => o.kind === 'create').length, 9);
   });
 
   it('an identical unowned record is still a conflict without adopt', () => {

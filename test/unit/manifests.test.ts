@@ -1,10 +1,14 @@
-// The GitOps tree under manifests/argocd-homelab, checked as files: no binaries, no cluster. The
-// integration suite (manifests-dryrun.test.ts) builds the same directories with kubectl kustomize
-// and ksops and dry-runs them against a real apiserver.
+// The GitOps tree under manifests/argocd-homelab, checked as files: no binaries, no cluster, and no
+// decryption (the tree's secrets are the user's, encrypted to whatever key the user chose). The
+// integration suite (manifests-dryrun.test.ts) builds the same directories with kustomize and
+// ksops and dry-runs them against a real apiserver.
+//
+// HB_GITOPS_ROOT points these tests at another checkout's .sops.yaml and manifests/ (the SOPS
+// suite runs them on a copy of the tree re-keyed to a new age key).
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,18 +16,29 @@ import { parseAllDocuments, parse as parseYaml } from 'yaml';
 import { loadSettings } from '../../src/settings/load.ts';
 import { DEFAULTS } from '../../src/settings/schema.ts';
 import { fqdn, ipToInt } from '../../src/settings/names.ts';
+import { ciliumValues } from '../../src/desired/cilium-values.ts';
+import { EXAMPLE_AGE_RECIPIENT, isExampleRecipient } from '../../src/gitops/example-key.ts';
 
 // Kubernetes objects are open-ended JSON; the tests check shapes field by field.
 type Obj = any;
 
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const tree = join(repoRoot, 'manifests', 'argocd-homelab');
+/** Where .sops.yaml and manifests/ are read from: this checkout, or a copy under test. */
+const gitopsRoot = process.env.HB_GITOPS_ROOT ? resolve(process.env.HB_GITOPS_ROOT) : repoRoot;
+const tree = join(gitopsRoot, 'manifests', 'argocd-homelab');
 const settingsFile = join(repoRoot, 'examples', 'homelab.json');
 const settings = loadSettings(settingsFile);
-const testKeyFile = join(repoRoot, 'test', 'fixtures', 'age', 'test-key.txt');
+const exampleKeyFile = join(repoRoot, 'test', 'fixtures', 'age', 'test-key.txt');
 
 /** Files that configure Kustomize or SOPS rather than being resources of the app. */
 const NOT_RESOURCES = new Set(['kustomization.yaml', 'ksops-generator.yaml', 'README.md']);
+
+/** The keys each shipped Secret must have (values are the user's; names are checked, never decrypted). */
+const SECRET_KEYS: Record<string, string[]> = {
+  'monitoring/grafana-admin': ['admin-password', 'admin-user'],
+  'plex/plex-claim': ['PLEX_CLAIM'],
+  'transmission/transmission-vpn': ['OPENVPN_PASSWORD', 'OPENVPN_USERNAME'],
+};
 
 interface AppDir {
   group: string;
@@ -117,6 +132,25 @@ function resolvePath(spec: Obj, c: Obj, path: string): { mount: Obj; volume: Obj
   return { mount, volume, hostPath };
 }
 
+/**
+ * The host directory local-path-provisioner makes for a claim of one of the tree's StorageClasses:
+ * `nodePath` joined with `pathPattern`, a Go template over the claim (provisioner.go's
+ * pathFromPattern; the tree only uses .PVC.Namespace and .PVC.Name).
+ */
+function claimHostPath(pvc: Obj, namespace: string): string {
+  const sc = ofKind(app('storage'), 'StorageClass').find((c) => c.metadata.name === pvc.spec.storageClassName);
+  assert.ok(sc, `claim ${pvc.metadata.name}: StorageClass ${pvc.spec.storageClassName} is not in infra/storage`);
+  assert.equal(sc.provisioner, 'rancher.io/local-path', `${sc.metadata.name}: k3s' bundled provisioner`);
+  const { nodePath, pathPattern } = sc.parameters ?? {};
+  assert.ok(nodePath && pathPattern, `${sc.metadata.name}: nodePath and pathPattern`);
+  const values: Record<string, string> = { '.PVC.Namespace': namespace, '.PVC.Name': pvc.metadata.name };
+  const dir = String(pathPattern).replace(/\{\{\s*([.\w]+)\s*\}\}/g, (_m, k: string) => {
+    assert.ok(k in values, `${sc.metadata.name}: pathPattern uses {{ ${k} }}, which this check does not model`);
+    return values[k]!;
+  });
+  return join(nodePath, dir);
+}
+
 function labelsMatch(selector: Record<string, string>, labels: Record<string, string> | undefined): boolean {
   return Object.entries(selector).every(([k, v]) => labels?.[k] === v);
 }
@@ -130,6 +164,8 @@ describe('tree layout', () => {
     for (const want of [
       'infra/cloudflared',
       'infra/monitoring',
+      'infra/grafana-admin',
+      'infra/storage',
       'apps/echo-server',
       'media/plex',
       'media/sonarr',
@@ -153,7 +189,7 @@ describe('tree layout', () => {
       }
       const files = readdirSync(a.dir).filter((f) => !NOT_RESOURCES.has(f) && !f.endsWith('.enc.yaml'));
       for (const f of files) assert.ok(listed.has(f), `${a.name}: ${f} is not listed in kustomization.yaml (dead file?)`);
-      assert.ok(a.objects.length > 0, `${a.name}: no objects`);
+      assert.ok(a.objects.length > 0 || (a.kustomization.generators ?? []).length > 0, `${a.name}: no objects`);
     }
   });
 
@@ -164,8 +200,9 @@ describe('tree layout', () => {
   });
 
   it('namespaces match the directory name the root ApplicationSet deploys to', () => {
+    const elsewhere = new Set(['monitoring', 'grafana-admin', 'storage']); // checked below
     for (const a of apps) {
-      if (a.name === 'monitoring') continue; // checked below: it spans argocd and monitoring
+      if (elsewhere.has(a.name)) continue;
       assert.equal(a.kustomization.namespace, a.name, `${a.name}: kustomization namespace`);
       for (const o of a.objects) {
         assert.ok(o.metadata.namespace === undefined || o.metadata.namespace === a.name, `${a.name}: ${o.kind} ${o.metadata.name} in ${o.metadata.namespace}`);
@@ -173,10 +210,13 @@ describe('tree layout', () => {
     }
     const mon = app('monitoring');
     assert.equal(mon.kustomization.namespace, undefined, 'a kustomize namespace would move the child Application out of argocd');
-    for (const o of mon.objects) {
-      const want = o.kind === 'Application' ? 'argocd' : 'monitoring';
-      assert.equal(o.metadata.namespace, want, `monitoring: ${o.kind} ${o.metadata.name}`);
-    }
+    for (const o of mon.objects) assert.equal(o.metadata.namespace, 'argocd', `monitoring: ${o.kind} ${o.metadata.name}`);
+    // Grafana's Secret lands where Grafana reads it, from its own Application.
+    assert.equal(app('grafana-admin').kustomization.namespace, 'monitoring');
+    // StorageClasses are cluster-scoped: no namespace anywhere.
+    const storage = app('storage');
+    assert.equal(storage.kustomization.namespace, undefined);
+    for (const o of storage.objects) assert.equal(o.metadata.namespace, undefined, `storage: ${o.kind} ${o.metadata.name}`);
   });
 
   it('uses no Bitnami or k8s-at-home images or charts', () => {
@@ -201,7 +241,7 @@ describe('root ApplicationSet (appsets.yaml)', () => {
 
   it('discovers <path>/<group>/* for every group in the settings, from the settings repo and revision', () => {
     const { repoURL, revision, path, groups } = settings.gitops;
-    assert.equal(path, relative(repoRoot, tree), 'settings.gitops.path must point at this tree');
+    assert.equal(path, relative(gitopsRoot, tree), 'settings.gitops.path must point at this tree');
     const gens = appset.spec.generators;
     assert.equal(gens.length, 1);
     assert.equal(gens[0].git.repoURL, repoURL);
@@ -244,6 +284,9 @@ describe('hostnames agree with the DNS records the daemon renders from settings'
     }
     const grafana = monitoringValues().grafana.ingress;
     for (const h of grafana.hosts) out.push({ host: h, where: 'monitoring/grafana values', serviceName: 'kube-prometheus-stack-grafana', namespace: 'monitoring' });
+    // The daemon's Cilium values render Hubble UI's Ingress (the chart's hubble.ui.ingress).
+    const ui = (ciliumValues(settings) as Obj).hubble.ui.ingress;
+    for (const h of ui?.enabled ? ui.hosts : []) out.push({ host: h, where: 'cilium values hubble.ui.ingress', serviceName: 'hubble-ui', namespace: 'kube-system' });
     return out;
   };
 
@@ -386,12 +429,12 @@ describe('workload policies', () => {
     }
   });
 
-  it('config lives on a local-path PVC of the same app that Argo CD never deletes', () => {
+  it('config lives on a homelab-configs PVC of the same app, at /var/data/configs/<app>, that nothing deletes', () => {
     for (const w of workloads()) {
       for (const v of w.spec.volumes ?? []) {
         if (!v.persistentVolumeClaim) continue;
         const pvc = one(w.app, 'PersistentVolumeClaim', v.persistentVolumeClaim.claimName);
-        assert.equal(pvc.spec.storageClassName, 'local-path', `${w.app.name}/${pvc.metadata.name}`);
+        assert.equal(pvc.spec.storageClassName, 'homelab-configs', `${w.app.name}/${pvc.metadata.name}`);
         assert.match(pvc.metadata.annotations?.['argocd.argoproj.io/sync-options'] ?? '', /Delete=false/, `${w.app.name}/${pvc.metadata.name}`);
       }
     }
@@ -399,44 +442,70 @@ describe('workload policies', () => {
       const a = app(name);
       const c = podSpecs(a.objects)[0]!;
       const main = c.spec.containers[0];
-      const config = resolvePath(c.spec, main, '/config');
-      assert.ok(config?.volume?.persistentVolumeClaim, `${name}: /config is not on a PVC`);
+      // Seerr keeps its state in /app/config; every other app in /config.
+      const config = resolvePath(c.spec, main, name === 'overseerr' ? '/app/config' : '/config');
+      const claim = config?.volume?.persistentVolumeClaim?.claimName;
+      assert.ok(claim, `${name}: the config directory is not on a PVC`);
+      const pvc = one(a, 'PersistentVolumeClaim', claim);
+      // The directory the provisioner makes: exactly where SPEC.md's layout keeps this app's config.
+      assert.equal(claimHostPath(pvc, name), `/var/data/configs/${name}`, `${name}: config`);
       // SQLite on ReadWriteOnce: a rolling update would run two pods against one database.
       assert.equal(c.owner.spec.strategy?.type, 'Recreate', `${name}: strategy`);
+    }
+  });
+
+  it('one homelab-configs claim per namespace (the class names the directory after the namespace)', () => {
+    for (const a of apps) {
+      const claims = ofKind(a, 'PersistentVolumeClaim').filter((p) => p.spec.storageClassName === 'homelab-configs');
+      assert.ok(claims.length <= 1, `${a.name}: ${claims.length} homelab-configs claims would share /var/data/configs/${a.name}`);
+    }
+  });
+
+  it('no init container copies or restores configs any more (the claims are the host directories)', () => {
+    for (const w of workloads()) {
+      for (const v of w.spec.volumes ?? []) assert.ok(!String(v.hostPath?.path ?? '').startsWith('/var/data/configs'), `${w.app.name}: mounts ${v.hostPath?.path} beside its claim`);
     }
   });
 
   it('no plaintext Secret anywhere in the tree; every *.enc.yaml is SOPS-encrypted', () => {
     const files = walk(tree).filter((f) => /\.(ya?ml|json)$/.test(f));
     const encFiles = files.filter((f) => /\.enc\.(yaml|json)$/.test(f));
-    assert.ok(encFiles.length >= 2, `expected encrypted secrets for transmission and monitoring, found ${encFiles.length}`);
+    assert.ok(encFiles.length >= 3, `expected encrypted secrets for transmission, grafana-admin and plex, found ${encFiles.length}`);
     for (const f of files) {
       const docs = f.endsWith('.json') ? [JSON.parse(readFileSync(f, 'utf8'))] : readDocs(f);
       for (const d of docs) {
-        if (d?.kind === 'Secret') assert.ok(encFiles.includes(f), `${relative(repoRoot, f)}: a Secret outside an encrypted *.enc.yaml`);
+        if (d?.kind === 'Secret') assert.ok(encFiles.includes(f), `${relative(gitopsRoot, f)}: a Secret outside an encrypted *.enc.yaml`);
       }
     }
     for (const f of encFiles) assertSopsEncrypted(f);
   });
 });
 
-// ---- SOPS ----
+// ---- SOPS: structure only, never decrypted ----
 
-function sopsRecipients(): string[] {
-  const cfg = parseYaml(readFileSync(join(repoRoot, '.sops.yaml'), 'utf8'));
-  return cfg.creation_rules.flatMap((r: Obj) => (r.key_groups ?? []).flatMap((g: Obj) => g.age ?? []));
+const sopsConfig = (): Obj => parseYaml(readFileSync(join(gitopsRoot, '.sops.yaml'), 'utf8'));
+const encFiles = (): string[] => walk(tree).filter((f) => /\.enc\.(yaml|json)$/.test(f));
+/** The creation rule sops would pick for a file: the first whose path_regex matches its repo path. */
+function ruleFor(file: string): Obj | undefined {
+  const rel = relative(gitopsRoot, file);
+  return sopsConfig().creation_rules.find((r: Obj) => r.path_regex !== undefined && new RegExp(r.path_regex).test(rel));
 }
+const ruleRecipients = (rule: Obj): string[] => (rule?.key_groups ?? []).flatMap((g: Obj) => g.age ?? []).concat(rule?.age ? String(rule.age).split(',').map((x) => x.trim()) : []);
+const fileRecipients = (file: string): string[] => (readDocs(file)[0]?.sops?.age ?? []).map((a: Obj) => a.recipient);
 
 function assertSopsEncrypted(file: string): void {
-  const rel = relative(repoRoot, file);
+  const rel = relative(gitopsRoot, file);
   const docs = readDocs(file);
   assert.equal(docs.length, 1, `${rel}: one document per encrypted file (sops encrypts each file as a whole)`);
   const doc = docs[0];
   assert.ok(doc.sops, `${rel}: no sops metadata, so not encrypted`);
   assert.match(doc.sops.mac ?? '', /^ENC\[AES256_GCM,/, `${rel}: no sops MAC`);
-  const recipients: string[] = (doc.sops.age ?? []).map((a: Obj) => a.recipient);
+  const recipients = fileRecipients(file);
   assert.ok(recipients.length > 0, `${rel}: not encrypted to any age recipient`);
-  for (const r of recipients) assert.ok(sopsRecipients().includes(r), `${rel}: recipient ${r} is not in .sops.yaml (run sops updatekeys)`);
+  const rule = ruleFor(file);
+  assert.ok(rule, `${rel}: no creation rule in .sops.yaml matches it`);
+  for (const r of recipients) assert.ok(ruleRecipients(rule).includes(r), `${rel}: recipient ${r} is not in its .sops.yaml rule (run sops updatekeys)`);
+  for (const r of ruleRecipients(rule)) assert.ok(recipients.includes(r), `${rel}: not encrypted to ${r} of its .sops.yaml rule (run sops updatekeys)`);
   let leaves = 0;
   const visit = (v: unknown, at: string): void => {
     if (v === undefined) return;
@@ -457,27 +526,83 @@ function assertSopsEncrypted(file: string): void {
   assert.ok(leaves > 0, `${rel}: nothing encrypted`);
 }
 
-describe('SOPS setup', () => {
-  it('.sops.yaml has the rule for manifests/argocd-homelab/*.enc.(yaml|json) and it covers every encrypted file', () => {
-    const cfg = parseYaml(readFileSync(join(repoRoot, '.sops.yaml'), 'utf8'));
+describe('SOPS setup (structure: rules, generators, Secret keys; nothing is decrypted)', () => {
+  it('.sops.yaml has the rule for manifests/argocd-homelab/*.enc.(yaml|json), encrypting only data, and it covers every encrypted file', () => {
+    const cfg = sopsConfig();
     const rule = cfg.creation_rules.find((r: Obj) => r.path_regex === 'manifests/argocd-homelab/.*\\.enc\\.(yaml|json)$');
     assert.ok(rule, `no rule with SPEC.md's path_regex; have ${cfg.creation_rules.map((r: Obj) => r.path_regex).join(', ')}`);
+    assert.equal(rule.encrypted_regex, '^(data|stringData)$', 'kind and metadata must stay readable for Kustomize and review');
+    assert.ok(ruleRecipients(rule).length > 0 && ruleRecipients(rule).every((r) => /^age1[0-9a-z]{58}$/.test(r)), `rule recipients ${ruleRecipients(rule)}`);
     const re = new RegExp(rule.path_regex);
-    const encFiles = walk(tree).filter((f) => /\.enc\.(yaml|json)$/.test(f));
-    for (const f of encFiles) assert.match(relative(repoRoot, f), re);
+    assert.ok(encFiles().length >= 3, `expected encrypted secrets for transmission, grafana-admin and plex, found ${encFiles().length}`);
+    for (const f of encFiles()) {
+      assert.match(relative(gitopsRoot, f), re);
+      assert.deepEqual(ruleFor(f), rule, `${relative(gitopsRoot, f)}: an earlier rule catches it`);
+    }
     assert.doesNotMatch('manifests/argocd-homelab/media/transmission/deployment.yaml', re);
   });
 
-  it('the recipient is the throwaway test key, whose private half lives only under test/', () => {
-    const key = readFileSync(testKeyFile, 'utf8');
-    assert.match(key, /throwaway/i, 'the test key file must say it is a throwaway key');
+  it('every *.enc.yaml is encrypted, to exactly the recipients of its rule', () => {
+    for (const f of encFiles()) assertSopsEncrypted(f);
+  });
+
+  it('every encrypted file is named by exactly one ksops generator of its own app, and every generator file exists', () => {
+    const named = new Map<string, string>();
+    for (const a of apps) {
+      for (const g of a.kustomization.generators ?? []) {
+        const gen = parseYaml(readFileSync(join(a.dir, g), 'utf8'));
+        assert.equal(gen.apiVersion, 'viaduct.ai/v1', `${a.name}/${g}`);
+        assert.equal(gen.kind, 'ksops', `${a.name}/${g}`);
+        assert.match(gen.metadata.annotations['config.kubernetes.io/function'], /exec:\s*\n\s*path: ksops/, `${a.name}/${g}: ksops runs as an exec KRM function found on PATH`);
+        for (const f of gen.files) {
+          const abs = join(a.dir, f);
+          assert.ok(existsSync(abs), `${a.name}/${g}: ${f} does not exist`);
+          assert.ok(!named.has(abs), `${f} is generated twice`);
+          named.set(abs, a.name);
+        }
+      }
+    }
+    assert.deepEqual([...named.keys()].sort(), encFiles().sort(), 'an encrypted file no generator uses, or a generator file that is not encrypted');
+  });
+
+  it('each Secret has exactly the keys its workload reads, in the namespace it is read from', () => {
+    const found: Record<string, string[]> = {};
+    for (const f of encFiles()) {
+      const a = apps.find((x) => f.startsWith(`${x.dir}/`));
+      assert.ok(a, `${f} is outside an app directory`);
+      const doc = readDocs(f)[0];
+      assert.equal(doc.kind, 'Secret', relative(gitopsRoot, f));
+      const ns = doc.metadata.namespace ?? a.kustomization.namespace;
+      found[`${ns}/${doc.metadata.name}`] = Object.keys({ ...(doc.data ?? {}), ...(doc.stringData ?? {}) }).sort();
+    }
+    assert.deepEqual(found, SECRET_KEYS);
+  });
+
+  it('example secrets are marked as examples: encrypted to the published example key only together with the marker', () => {
+    // The shipped files are examples, encrypted to a key whose private half is public (test/). A
+    // user's own tree has other recipients and no marker; check-repo refuses the example key.
+    for (const f of encFiles()) {
+      const rel = relative(gitopsRoot, f);
+      const text = readFileSync(f, 'utf8');
+      const example = fileRecipients(f).some(isExampleRecipient);
+      const marked = /^# EXAMPLE/m.test(text);
+      assert.equal(marked, example, example ? `${rel}: encrypted to the example key but not marked "# EXAMPLE"` : `${rel}: marked "# EXAMPLE" but encrypted to a real key`);
+    }
+    const exampleInRules = sopsConfig().creation_rules.some((r: Obj) => ruleRecipients(r).some(isExampleRecipient));
+    if (exampleInRules) assert.match(readFileSync(join(gitopsRoot, '.sops.yaml'), 'utf8'), /EXAMPLE/, '.sops.yaml lists the example key without saying so');
+  });
+
+  it('the example recipient is the public half of the example key under test/, and no age private key is outside test/', async () => {
+    const key = readFileSync(exampleKeyFile, 'utf8');
     const pub = /^# public key: (age1[0-9a-z]+)$/m.exec(key)?.[1];
-    assert.ok(pub, 'test-key.txt has no "# public key:" line');
-    assert.deepEqual(sopsRecipients(), [pub]);
-    assert.match(readFileSync(join(repoRoot, '.sops.yaml'), 'utf8'), /replace/i, '.sops.yaml must tell the operator to replace the test key');
+    assert.equal(pub, EXAMPLE_AGE_RECIPIENT, 'src/gitops/example-key.ts and test/fixtures/age/test-key.txt disagree');
+    // The public key comment is not trusted: derive the recipient from the identity with age itself.
+    const { identityToRecipient } = await import('age-encryption');
+    const identity = key.split('\n').find((l) => l.startsWith('AGE-SECRET-KEY-1'));
+    assert.ok(identity);
+    assert.equal(await identityToRecipient(identity), EXAMPLE_AGE_RECIPIENT);
 
     const AGE_IDENTITY = /AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}/;
-    assert.match(key, AGE_IDENTITY, 'the leak check would not recognise the test key itself');
     // Tracked and untracked files alike (ignored ones such as node_modules/.bin excepted).
     const ls = spawnSync('git', ['ls-files', '--cached', '--others', '--exclude-standard', '-z'], { cwd: repoRoot, encoding: 'utf8' });
     assert.equal(ls.status, 0, ls.stderr);
@@ -488,16 +613,22 @@ describe('SOPS setup', () => {
     assert.deepEqual(leaks, [], 'an age private key outside test/');
   });
 
-  it('the encrypted-file check rejects a plaintext value', () => {
+  it('the encrypted-file check rejects a plaintext value and a recipient outside the rule', () => {
     const dir = mkdtempSync(join(tmpdir(), 'hb-sops-'));
     try {
-      const enc = readFileSync(join(tree, 'media', 'transmission', 'secrets.enc.yaml'), 'utf8');
-      const doc = parseYaml(enc);
+      const src = encFiles().find((f) => f.includes('/transmission/'))!;
+      const doc = parseYaml(readFileSync(src, 'utf8'));
       const key = Object.keys(doc.stringData ?? doc.data)[0]!;
-      (doc.stringData ?? doc.data)[key] = 'hunter2';
-      const f = join(dir, 'secrets.enc.yaml');
-      writeFileSync(f, JSON.stringify(doc));
-      assert.throws(() => assertSopsEncrypted(f), /plaintext/);
+      const f = join(dir, 'manifests', 'argocd-homelab', 'secrets.enc.yaml');
+      mkdirSync(dirname(f), { recursive: true });
+      const plain = structuredClone(doc);
+      (plain.stringData ?? plain.data)[key] = 'hunter2';
+      writeFileSync(f, JSON.stringify(plain));
+      assert.throws(() => assertSopsEncrypted(f), /plaintext|rule/);
+      const stranger = structuredClone(doc);
+      stranger.sops.age[0].recipient = 'age1' + 'q'.repeat(58);
+      writeFileSync(f, JSON.stringify(stranger));
+      assert.throws(() => assertSopsEncrypted(f), /not in its \.sops\.yaml rule|no creation rule/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -563,10 +694,11 @@ describe('media: shared paths and hard links', () => {
     }
   });
 
-  it('Plex reads the same library at the same path', () => {
+  it('Plex reads the library read-only at /media, the old setup\'s path, so existing libraries stay available', () => {
     const w = podSpecs(app('plex').objects)[0]!;
     const c = w.spec.containers.find((x: Obj) => x.name === 'plex');
-    assert.equal(resolvePath(w.spec, c, '/data/media/tv')?.hostPath, '/var/data/media/tv');
+    for (const sub of ['tv', 'movies']) assert.equal(resolvePath(w.spec, c, `/media/${sub}`)?.hostPath, `/var/data/media/${sub}`);
+    assert.equal(resolvePath(w.spec, c, '/media')?.mount.readOnly, true);
   });
 
   it('Transmission downloads into /var/data/torrents/{complete,incomplete}', () => {
@@ -578,15 +710,19 @@ describe('media: shared paths and hard links', () => {
     assert.equal(env.TRANSMISSION_INCOMPLETE_DIR_ENABLED, 'true');
   });
 
-  it('every media app sets the same PUID/PGID (protected_hardlinks: only the owner may hard-link) and a TZ', () => {
+  it('every media app runs as the same user and group (protected_hardlinks: only the owner may hard-link) and has a TZ', () => {
     const ids = new Set<string>();
     for (const name of ['plex', 'sonarr', 'radarr', 'prowlarr', 'overseerr', 'transmission']) {
-      const c = podSpecs(app(name).objects)[0]!.spec.containers[0];
+      const w = podSpecs(app(name).objects)[0]!;
+      const c = w.spec.containers[0];
       const env = envOf(c);
-      assert.match(env.PUID ?? '', /^\d+$/, `${name}: PUID`);
-      assert.match(env.PGID ?? '', /^\d+$/, `${name}: PGID`);
+      // linuxserver images and haugene take PUID/PGID; Seerr runs as the pod's user.
+      const uid = env.PUID ?? String(c.securityContext?.runAsUser ?? w.spec.securityContext?.runAsUser ?? '');
+      const gid = env.PGID ?? String(c.securityContext?.runAsGroup ?? w.spec.securityContext?.runAsGroup ?? '');
+      assert.match(uid, /^\d+$/, `${name}: user`);
+      assert.match(gid, /^\d+$/, `${name}: group`);
       assert.ok(env.TZ, `${name}: TZ`);
-      ids.add(`${env.PUID}:${env.PGID}`);
+      ids.add(`${uid}:${gid}`);
     }
     assert.equal(ids.size, 1, `PUID:PGID differ between apps: ${[...ids].join(', ')}`);
   });
@@ -606,60 +742,37 @@ describe('media/plex', () => {
     assert.ok(svc.spec.ports.some((p: Obj) => p.port === 32400));
     const { start, stop } = settings.network.lbPool;
     assert.ok(ipToInt(ip) >= ipToInt(start) && ipToInt(ip) <= ipToInt(stop), 'outside the Cilium LB pool');
-    assert.equal(envOf(w.spec.containers[0]).ADVERTISE_IP, `http://${ip}:32400/`);
+    // Plex must see client addresses to tell LAN from remote.
+    assert.equal(svc.spec.externalTrafficPolicy, 'Local');
   });
 
-  it('restores /var/data/configs/plex into the config PVC from a read-only hostPath', () => {
-    const init = w.spec.initContainers?.[0];
-    assert.ok(init, 'no restore init container');
-    const src = resolvePath(w.spec, init, '/restore');
-    assert.equal(src?.hostPath, '/var/data/configs/plex');
-    assert.equal(src?.mount.readOnly, true);
-    const dst = resolvePath(w.spec, init, '/config');
-    const main = w.spec.containers[0];
-    assert.equal(dst?.volume?.persistentVolumeClaim?.claimName, resolvePath(w.spec, main, '/config')?.volume?.persistentVolumeClaim?.claimName);
+  it('sets only variables the linuxserver image reads; PLEX_CLAIM comes, optionally, from the ksops Secret', () => {
+    const c = w.spec.containers[0];
+    assert.match(c.image, /^lscr\.io\/linuxserver\/plex:/);
+    const names = (c.env ?? []).map((e: Obj) => e.name).sort();
+    // ADVERTISE_IP and friends belong to plexinc/pms-docker; the linuxserver image ignores them.
+    assert.deepEqual(names, ['PGID', 'PLEX_CLAIM', 'PUID', 'TZ', 'VERSION']);
+    const claim = c.env.find((e: Obj) => e.name === 'PLEX_CLAIM').valueFrom.secretKeyRef;
+    assert.equal(claim.optional, true, 'a claimed server needs no token: the key (or the Secret) may be absent');
+    const enc = parseYaml(readFileSync(join(a.dir, 'secrets.enc.yaml'), 'utf8'));
+    assert.equal(claim.name, enc.metadata.name);
+    assert.ok(claim.key in (enc.stringData ?? enc.data), `Secret ${enc.metadata.name} has no key ${claim.key}`);
+    assert.ok(a.kustomization.generators.includes('ksops-generator.yaml'));
   });
 
-  // The script itself, run with /config and /restore moved to temporary directories.
-  function runRestore(root: string): string {
-    const init = w.spec.initContainers[0];
-    const script: string = init.command[init.command.length - 1].replaceAll('/config', `${root}/config`).replaceAll('/restore', `${root}/restore`);
-    const r = spawnSync('sh', ['-c', script], { encoding: 'utf8' });
-    assert.equal(r.status, 0, r.stderr);
-    return r.stdout;
-  }
+  it('has no transcode emptyDir and no restore init container: /config is the host directory itself', () => {
+    assert.equal(w.spec.initContainers, undefined);
+    assert.ok(!(w.spec.volumes ?? []).some((v: Obj) => v.emptyDir), 'an emptyDir nothing uses');
+    const c = w.spec.containers[0];
+    assert.ok(!(c.volumeMounts ?? []).some((m: Obj) => m.mountPath === '/transcode'));
+  });
 
-  it('the restore copies once, never overwrites a live config, and redoes an interrupted copy', () => {
-    const root = mkdtempSync(join(tmpdir(), 'hb-plex-'));
-    try {
-      mkdirSync(join(root, 'restore', 'Library', 'Plex Media Server'), { recursive: true });
-      writeFileSync(join(root, 'restore', 'Library', 'Plex Media Server', 'Preferences.xml'), 'old');
-      mkdirSync(join(root, 'config'));
-
-      // A copy cut short: part of the files, no marker. The next start must finish it.
-      mkdirSync(join(root, 'config', 'Library'));
-      runRestore(root);
-      assert.equal(readFileSync(join(root, 'config', 'Library', 'Plex Media Server', 'Preferences.xml'), 'utf8'), 'old');
-
-      // Plex runs and changes its config; a restart must keep it.
-      writeFileSync(join(root, 'config', 'Library', 'Plex Media Server', 'Preferences.xml'), 'live');
-      assert.match(runRestore(root), /already restored/);
-      assert.equal(readFileSync(join(root, 'config', 'Library', 'Plex Media Server', 'Preferences.xml'), 'utf8'), 'live');
-
-      // No backup on the host: start empty, and do not copy later once a backup appears.
-      const fresh = mkdtempSync(join(tmpdir(), 'hb-plex-fresh-'));
-      try {
-        mkdirSync(join(fresh, 'config'));
-        runRestore(fresh);
-        cpSync(join(root, 'restore'), join(fresh, 'restore'), { recursive: true });
-        runRestore(fresh);
-        assert.ok(!existsSync(join(fresh, 'config', 'Library')), 'a backup that appeared later overwrote a running config');
-      } finally {
-        rmSync(fresh, { recursive: true, force: true });
-      }
-    } finally {
-      rmSync(root, { recursive: true, force: true });
-    }
+  it('the README documents the two Plex network settings (custom server access URL on the VIP, LAN networks)', () => {
+    const readme = readFileSync(join(tree, 'README.md'), 'utf8');
+    const ip = one(a, 'Service', 'plex').metadata.annotations['lbipam.cilium.io/ips'];
+    assert.ok(readme.includes(`http://${ip}:32400`), 'README: custom server access URL');
+    assert.match(readme, /Custom server access URLs/);
+    assert.match(readme, /LAN Networks/);
   });
 });
 
@@ -698,6 +811,12 @@ describe('media/transmission', () => {
     assert.ok(refs.includes(enc.metadata.name), `envFrom ${refs} does not use Secret ${enc.metadata.name}`);
     const keys = Object.keys(enc.stringData ?? enc.data);
     assert.deepEqual(keys.sort(), ['OPENVPN_PASSWORD', 'OPENVPN_USERNAME']);
+  });
+
+  it('keeps transmission-home where the old setup had it: /var/data/configs/transmission/transmission-home', () => {
+    const home = resolvePath(w.spec, c, env.TRANSMISSION_HOME!);
+    const claim = one(a, 'PersistentVolumeClaim', home?.volume?.persistentVolumeClaim?.claimName);
+    assert.equal(join(claimHostPath(claim, 'transmission'), env.TRANSMISSION_HOME!.slice(home!.mount.mountPath.length)), '/var/data/configs/transmission/transmission-home');
   });
 
   it('accepts RPC calls for its ingress host and its in-cluster name', () => {
@@ -775,17 +894,41 @@ describe('infra/monitoring (kube-prometheus-stack Application)', () => {
     for (const u of used) assert.ok(cfg.receivers.some((r: Obj) => r.name === u), `route uses undefined receiver ${u}`);
   });
 
-  it('Prometheus and Alertmanager keep data on local-path claims, with retention below the claim size', () => {
+  it('Prometheus, Alertmanager and Grafana keep data under /var/data/configs/monitoring/<claim>, with retention below the claim size', () => {
     const v = monitoringValues();
     const ps = v.prometheus.prometheusSpec;
     assert.match(ps.retention, /^\d+[dhw]$/);
     const claim = ps.storageSpec.volumeClaimTemplate.spec;
-    assert.equal(claim.storageClassName, 'local-path');
+    assert.equal(claim.storageClassName, 'homelab-data');
+    // The StatefulSet's claim name: <template name, "prometheus-...-db" by default>-<pod name>.
+    const promClaim = { metadata: { name: 'prometheus-kube-prometheus-stack-prometheus-db-prometheus-kube-prometheus-stack-prometheus-0' }, spec: claim };
+    assert.equal(claimHostPath(promClaim, 'monitoring'), `/var/data/configs/monitoring/${promClaim.metadata.name}`);
     const gi = Number(/^(\d+)Gi$/.exec(claim.resources.requests.storage)?.[1]);
     const gb = Number(/^(\d+)GB$/.exec(ps.retentionSize)?.[1]);
     assert.ok(gb > 0 && gb * 1e9 < gi * 2 ** 30, `retentionSize ${ps.retentionSize} does not fit the ${claim.resources.requests.storage} claim`);
-    assert.equal(v.alertmanager.alertmanagerSpec.storage.volumeClaimTemplate.spec.storageClassName, 'local-path');
-    assert.equal(v.grafana.persistence.storageClassName, 'local-path');
+    assert.equal(v.alertmanager.alertmanagerSpec.storage.volumeClaimTemplate.spec.storageClassName, 'homelab-data');
+    assert.equal(v.grafana.persistence.storageClassName, 'homelab-data');
+    assert.match(v.grafana.persistence.annotations?.['argocd.argoproj.io/sync-options'] ?? '', /Delete=false/);
+    const sc = one(app('storage'), 'StorageClass', 'homelab-data');
+    assert.equal(sc.reclaimPolicy, 'Retain', 'deleting a claim must not delete the data');
+  });
+
+  it('does not depend on decrypting a secret: no ksops generator in the kustomization of the stack', () => {
+    const mon = app('monitoring');
+    assert.deepEqual(mon.kustomization.generators ?? [], []);
+    assert.deepEqual(mon.objects.map((o) => o.kind), ['Application']);
+    assert.deepEqual(app('grafana-admin').objects, [], 'grafana-admin holds only the generated Secret');
+  });
+
+  it('Grafana picks up the Cilium, Hubble and operator dashboards the daemon\'s Cilium values ship', () => {
+    const sidecar = monitoringValues().grafana.sidecar.dashboards;
+    assert.equal(sidecar.searchNamespace, 'ALL');
+    const cv = ciliumValues(settings) as Obj;
+    for (const [what, d] of Object.entries({ agent: cv.dashboards, operator: cv.operator.dashboards, hubble: cv.hubble.metrics.dashboards })) {
+      assert.equal((d as Obj)?.enabled, true, `${what} dashboards`);
+      assert.equal((d as Obj).label, sidecar.label ?? 'grafana_dashboard', `${what} dashboards label`);
+      assert.equal((d as Obj).labelValue, sidecar.labelValue ?? '1', `${what} dashboards label value`);
+    }
   });
 
   it('Grafana: ingress on the cilium class, default dashboards, admin from the ksops Secret', () => {
@@ -795,9 +938,9 @@ describe('infra/monitoring (kube-prometheus-stack Application)', () => {
     assert.deepEqual(g.ingress.hosts, [fqdn('grafana', settings.domain)]);
     assert.notEqual(g.defaultDashboardsEnabled, false);
     assert.equal(g.adminPassword, undefined, 'a password in values is a plaintext secret in git');
-    const enc = parseYaml(readFileSync(join(app('monitoring').dir, 'secrets.enc.yaml'), 'utf8'));
+    const enc = parseYaml(readFileSync(join(app('grafana-admin').dir, 'secrets.enc.yaml'), 'utf8'));
     assert.equal(enc.metadata.name, g.admin.existingSecret);
-    assert.equal(enc.metadata.namespace, 'monitoring');
+    assert.equal(enc.metadata.namespace ?? app('grafana-admin').kustomization.namespace, 'monitoring');
     const keys = Object.keys(enc.stringData ?? enc.data);
     assert.ok(keys.includes(g.admin.userKey) && keys.includes(g.admin.passwordKey), `Secret keys ${keys} vs ${g.admin.userKey}/${g.admin.passwordKey}`);
   });

@@ -27,7 +27,7 @@ function rejects(mutate: (s: Record<string, any>) => void, path: string, ...word
 
 test('the example homelab is valid and gets the defaults', () => {
   const s = loadSettings(new URL('../../examples/homelab.json', import.meta.url).pathname);
-  assert.equal(s.hosts.length, 9);
+  assert.equal(s.hosts.length, 10);
   assert.deepEqual(s.network.apiServer, { host: '127.0.0.1', port: 6444 });
   assert.equal(s.sops.ageKeyFile, '/var/lib/sops-nix/keys.txt');
   assert.equal(s.kubeconfigFile, '/etc/rancher/k3s/k3s.yaml');
@@ -40,9 +40,9 @@ test('an IP that is not an IP names its path and value', () => rejects((s) => (s
 test('ingress VIP outside the pool', () => rejects((s) => (s.network.ingressIP = '192.168.0.10'), '$.network.ingressIP', '192.168.0.10', 'inside the pool'));
 test('a host ip outside the pool', () => rejects((s) => (s.hosts[6].ip = '10.0.0.5'), '$.hosts[6].ip', '10.0.0.5', 'pool'));
 test('a pool with stop < start', () => rejects((s) => (s.network.lbPool = { start: '192.168.0.250', stop: '192.168.0.240' }), '$.network.lbPool', 'below start'));
-test('a duplicate host', () => rejects((s) => s.hosts.push({ name: 'sonarr', access: 'local' }), '$.hosts[9].name', 'sonarr.peterstorm.io', '$.hosts[1]'));
+test('a duplicate host', () => rejects((s) => s.hosts.push({ name: 'sonarr', access: 'local' }), '$.hosts[10].name', 'sonarr.peterstorm.io', '$.hosts[1]'));
 test('a host in both DNS types (same name external and local)', () =>
-  rejects((s) => s.hosts.push({ name: 'Echo-Server.peterstorm.io', access: 'local' }), '$.hosts[9].name', 'either external'));
+  rejects((s) => s.hosts.push({ name: 'Echo-Server.peterstorm.io', access: 'local' }), '$.hosts[10].name', 'either external'));
 test('an unknown access mode', () => rejects((s) => (s.hosts[0].access = 'public'), '$.hosts[0].access', '"public"', 'external'));
 test('an external host with an ip', () => rejects((s) => (s.hosts[0].ip = '192.168.0.242'), '$.hosts[0].ip', 'tunnel'));
 test('a local host with a tunnel service', () => rejects((s) => (s.hosts[1].service = 'http://x:80'), '$.hosts[1].service', 'external'));
