@@ -48,6 +48,7 @@
     "cilium-crds"
     "cilium-l2"
     "age-key"
+    "repo-credential"
     "argocd"
     "tunnel"
     "dns"

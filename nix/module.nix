@@ -173,6 +173,12 @@ let
     flannel-backend = "none";
     disable-network-policy = true;
     disable-kube-proxy = true;
+  }
+  // lib.optionalAttrs (cfg.k3s.localStoragePath != null) {
+    # k3s' local-path-provisioner only places volumes under paths of its own config, and k3s
+    # writes just this one there: the GitOps tree's StorageClasses put each app's config at
+    # <path>/<app>, where the configs of the old setup already are.
+    default-local-storage-path = cfg.k3s.localStoragePath;
   };
   # Without --config (services.k3s.configPath), k3s reads /etc/rancher/k3s/config.yaml.d/.
   # With one, it reads that file's .d directory, which the module can only fill when it is
@@ -485,6 +491,17 @@ in
           traffic) unless the kernel has no rpfilter support, and the kernel modules Cilium's
           iptables rules use loaded (the legacy `ip_tables` family only without nftables).
           Contradicting k3s flags fail evaluation. Turn off when k3s is managed elsewhere.
+        '';
+      };
+      localStoragePath = mkOption {
+        type = types.nullOr types.str;
+        default = "/var/data/configs";
+        description = ''
+          k3s' `default-local-storage-path`: where local-path-provisioner creates volumes. The
+          GitOps tree's StorageClasses (`manifests/argocd-homelab/infra/storage`) put each app's
+          config at `<path>/<app>` and monitoring data under `<path>/monitoring`, so configs kept
+          on the data disk survive a wipe of k3s and are used as they are. `null` keeps k3s'
+          default (`/var/lib/rancher/k3s/storage`).
         '';
       };
       openFirewall = mkOption {

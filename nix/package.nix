@@ -8,6 +8,8 @@
   makeWrapper,
   nodejs_24,
   kubernetes-helm,
+  sops,
+  iptables,
 }:
 let
   packageJSON = lib.importJSON ../package.json;
@@ -83,12 +85,21 @@ buildNpmPackage {
 
   nativeBuildInputs = [ makeWrapper ];
   # npmInstallHook wraps bin/homelab-bootstrap around `node dist/cli.js`; these arguments
-  # are added to that wrapper. The daemon runs `helm` for the Cilium and Argo CD releases.
+  # are added to that wrapper. The daemon runs `helm` for the Cilium and Argo CD releases,
+  # `check-repo` runs `sops` to prove the tree decrypts, and `doctor` reads kube-proxy's
+  # leftover chains with `iptables-save` (suffixed, so a host's own tools still come first).
   makeWrapperArgs = [
     "--prefix"
     "PATH"
     ":"
     (lib.makeBinPath [ helm ])
+    "--suffix"
+    "PATH"
+    ":"
+    (lib.makeBinPath [
+      sops
+      iptables
+    ])
   ];
 
   doInstallCheck = true;

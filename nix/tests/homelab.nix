@@ -61,6 +61,10 @@
           access = "local";
         }
         {
+          name = "hubble";
+          access = "local";
+        }
+        {
           name = "argocd";
           access = "local";
         }

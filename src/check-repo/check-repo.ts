@@ -75,11 +75,16 @@ export async function checkRepo(settings: Settings, settingsFile: string, creden
   }
 
   problems.push(...generatorProblems(tree));
-  const daemonHosts: string[] = [];
-  for (const r of render(settings).helmReleases) valuesIngressHosts(r.values, daemonHosts);
-  problems.push(...hostProblems(tree, settings, settingsFile, daemonHosts));
+  problems.push(...hostProblems(tree, settings, settingsFile, daemonServedHosts(settings)));
   return {
     problems,
     checked: { encrypted: tree.encrypted.length, generators: tree.docs.filter((d) => d.doc.kind === 'ksops').length, hosts: settings.hosts.length },
   };
+}
+
+/** Hosts the daemon's own Helm releases serve through an Ingress in their values (Hubble UI). */
+export function daemonServedHosts(settings: Settings): string[] {
+  const hosts: string[] = [];
+  for (const r of render(settings).helmReleases) valuesIngressHosts(r.values, hosts);
+  return hosts;
 }

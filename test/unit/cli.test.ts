@@ -39,7 +39,7 @@ test('validate-config warns (stderr, exit 0) about an external host deeper than 
   assert.equal(r.code, EXIT.ok, r.err);
   assert.match(r.out, /valid/);
   assert.equal(r.err.trim().split('\n').length, 1, r.err);
-  assert.match(r.err, /warning: \$\.hosts\[10\] \(shop\.lab\.peterstorm\.io\): 2 levels below the zone peterstorm\.io; Cloudflare's free Universal SSL certificate/);
+  assert.match(r.err, /warning: \$\.hosts\[11\] \(shop\.lab\.peterstorm\.io\): 2 levels below the zone peterstorm\.io; Cloudflare's free Universal SSL certificate/);
   assert.equal((await run('validate-config', example)).err, '');
 });
 

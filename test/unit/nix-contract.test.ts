@@ -354,7 +354,7 @@ const dropIn = (files: Record<string, string>, dir = 'rancher/k3s/config.yaml.d'
   assert.ok(text, `no drop-in in ${dir}: ${JSON.stringify(Object.keys(files))}`);
   return JSON.parse(text) as Record<string, Json>;
 };
-const CILIUM_K3S_FLAGS = { 'flannel-backend': 'none', 'disable-network-policy': true, 'disable-kube-proxy': true };
+const CILIUM_K3S_FLAGS = { 'flannel-backend': 'none', 'disable-network-policy': true, 'disable-kube-proxy': true, 'default-local-storage-path': '/var/data/configs' };
 /** The host ports only pods may reach: API, kubelet, cilium-health, Hubble, node-exporter, metrics. */
 const POD_ONLY_PORTS = [6443, 10250, 4240, 4244, 9100, 9962, 9963, 9964, 9965];
 const LEGACY_IPTABLES_MODULES = ['ip_tables', 'ip6_tables', 'iptable_filter', 'iptable_nat', 'iptable_mangle', 'iptable_raw'];
