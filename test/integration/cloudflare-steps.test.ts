@@ -388,7 +388,7 @@ describe('faults', () => {
 
   it('another creator made the same tunnel meanwhile: the older one is kept, the one just made is deleted', async () => {
     // The fetch seam plays the other creator: right after our create, an older tunnel of the name appears.
-    const rival = { id: '00000000-0000-4000-8000-000000000001', account_tag: ACCOUNT, name: 'homelab', created_at: '2020-01-01T00:00:00.000Z', deleted_at: null, config_src: 'cloudflare' as const, secret: Buffer.alloc(32, 1).toString('base64'), config: null, version: 0, configCreatedAt: null };
+    const rival = { id: '00000000-0000-4000-8000-000000000001', account_tag: ACCOUNT, name: 'homelab', created_at: '2020-01-01T00:00:00.000Z', deleted_at: null, config_src: 'cloudflare' as const, secret: Buffer.alloc(32, 1).toString('base64'), config: null, version: 0, configCreatedAt: null, connectors: [], connsActiveAt: null, connsInactiveAt: null };
     const h = harness(undefined, {
       fetch: async (input, init) => {
         const res = await fetch(input, init);
