@@ -12,7 +12,7 @@ import { BootstrapLease, KubeLeaseStore, leaseSettingsFromEnv } from './engine/l
 import { defaultStateDir, readState, recordRun } from './engine/state.ts';
 import { notifyStatus } from './engine/notify.ts';
 import { formatRendered, render } from './render.ts';
-import { formatPlan, formatSummary } from './format.ts';
+import { formatNotes, formatPlan, formatSummary } from './format.ts';
 import { STEPS } from './steps/index.ts';
 import { STEP_NAMES, type Step, type StepName } from './steps/types.ts';
 
@@ -140,6 +140,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         io.out(`last run: ${r.mode} at ${r.at}, ${r.ok ? 'ok' : 'FAILED'}, ${r.changes} changes, ${(r.durationMs / 1000).toFixed(1)}s\n`);
         for (const [step, s] of Object.entries(state.steps)) {
           io.out(`${step.padEnd(12)} ${s.outcome.padEnd(9)} ${s.at} ${(s.durationMs / 1000).toFixed(1)}s ${s.changes} changes${s.error ? `  ${s.error}` : ''}\n`);
+          for (const line of formatNotes(s.notes, ' '.repeat(13))) io.out(`${line}\n`);
         }
         return r.ok ? EXIT.ok : EXIT.failed;
       }
