@@ -276,6 +276,11 @@ export class CloudflareEmulator {
     }
   }
 
+  /** Whether requests and answers are checked against the OpenAPI schema. */
+  get validating(): boolean {
+    return this.#schema !== undefined;
+  }
+
   /** Hands over (and forgets) the violations so far, for tests that send a bad request on purpose. */
   takeViolations(): string[] {
     return this.violations.splice(0);
