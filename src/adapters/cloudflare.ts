@@ -306,10 +306,10 @@ export class CloudflareClient {
     for (let page = 1; ; page++) {
       const p = await fetchPage(page);
       out.push(...p.result);
-      // total_pages is often absent (and undeclared in the schema): total_count, else a short page, ends the list.
+      // total_pages is often absent (and undeclared in the schema): a short page, or having total_count, ends the list.
       const pages = p.result_info?.total_pages;
       const count = p.result_info?.total_count;
-      const last = pages !== undefined ? page >= pages : count !== undefined ? out.length >= count : p.result.length < perPage;
+      const last = pages !== undefined ? page >= pages : p.result.length < perPage || (count !== undefined && out.length >= count);
       if (p.result.length === 0 || last) return out;
     }
   }

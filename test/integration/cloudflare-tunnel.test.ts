@@ -39,10 +39,13 @@ beforeEach(async () => {
   emu = await CloudflareEmulator.start({ token: CF_TOKEN, accountId: CF_ACCOUNT, zones: [ZONE] });
 });
 afterEach(async () => {
-  // Fails the test on any request or answer outside Cloudflare's schema.
-  await emu.stop();
-  // The Secret belongs to the tunnel of one test.
-  await cfHarness(cp, emu, dir).adapters.kube.delete('v1', 'Secret', 'tunnel-token', 'cloudflared');
+  try {
+    // Fails the test on any request or answer outside Cloudflare's schema.
+    await emu.stop();
+  } finally {
+    // The Secret belongs to the tunnel of one test.
+    await cfHarness(cp, emu, dir).adapters.kube.delete('v1', 'Secret', 'tunnel-token', 'cloudflared');
+  }
 });
 
 async function converge(h: CfHarness) {
