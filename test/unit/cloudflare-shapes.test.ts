@@ -100,6 +100,9 @@ describe('production shapes, through the client', () => {
     emu.connect(t.id);
     emu.connect(t.id, { conns: 2 });
     assert.deepEqual((await c.listTunnels()).map((x) => [x.connectors, x.status]), [[2, 'healthy']]);
+    // The connections endpoint lists the same connectors, with their connections (schema-checked like every answer).
+    const raw = (await (await fetch(`${emu.baseUrl}/accounts/${ACCOUNT}/cfd_tunnel/${t.id}/connections`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as any;
+    assert.deepEqual(raw.result.map((x: any) => x.conns.length), [4, 2]);
     emu.disconnect(t.id);
     assert.deepEqual((await c.listTunnels()).map((x) => [x.connectors, x.status]), [[0, 'down']]);
   });
