@@ -49,6 +49,7 @@ export function formatSummary(reports: readonly StepReport[], title = 'apply'): 
     lines.push(...formatNotes(r.notes));
   }
   const failed = reports.filter((r) => r.outcome === 'failed' || r.outcome === 'blocked').length;
-  lines.push(`${title}: ${reports.length} steps, ${countWrites(reports)} changes, ${failed} failed`);
+  const conflicts = reports.filter((r) => r.outcome === 'conflict').length;
+  lines.push(`${title}: ${reports.length} steps, ${countWrites(reports)} changes, ${failed} failed${conflicts > 0 ? `, ${conflicts} with conflicts to resolve by hand` : ''}`);
   return lines.join('\n') + '\n';
 }
