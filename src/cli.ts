@@ -155,7 +155,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         return EXIT.ok;
       }
       case 'status': {
-        const { readState } = await import('./engine/state.ts');
+        const [{ readState }, { formatNotes }] = await Promise.all([import('./engine/state.ts'), import('./format.ts')]);
         const state = readState(stateDir);
         if (!state.lastRun) {
           io.out(`no run recorded in ${stateDir}\n`);
@@ -165,6 +165,7 @@ export async function main(argv: string[], io: Io = stdio): Promise<number> {
         io.out(`last run: ${r.mode} at ${r.at}, ${r.ok ? 'ok' : 'FAILED'}, ${r.changes} changes, ${(r.durationMs / 1000).toFixed(1)}s\n`);
         for (const [step, s] of Object.entries(state.steps)) {
           io.out(`${step.padEnd(12)} ${s.outcome.padEnd(9)} ${s.at} ${(s.durationMs / 1000).toFixed(1)}s ${s.changes} changes${s.error ? `  ${s.error}` : ''}\n`);
+          for (const line of formatNotes(s.notes, ' '.repeat(13))) io.out(`${line}\n`);
         }
         if (!r.ok) return EXIT.failed;
         return Object.values(state.steps).some((s) => s.outcome === 'conflict') ? EXIT.conflicts : EXIT.ok;

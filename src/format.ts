@@ -9,6 +9,11 @@ export function formatChange(c: Change): string[] {
   return [`  ${SIGN[c.action]} ${c.action} ${c.target}${c.detail ? `: ${c.detail}` : ''}`, ...formatDiff(c.diff ?? []).map((l) => `      ${l}`)];
 }
 
+/** A step's notes, one indented line each: facts, not changes. */
+export function formatNotes(notes: readonly string[] | undefined, indent = '  '): string[] {
+  return (notes ?? []).map((n) => `${indent}i ${n}`);
+}
+
 export function countWrites(reports: readonly StepReport[]): number {
   return reports.reduce((n, r) => n + r.changes.filter(isWrite).length, 0);
 }
@@ -28,6 +33,7 @@ export function formatPlan(reports: readonly StepReport[]): string {
       lines.push(...formatChange(c));
       if (c.action in tally) tally[c.action as keyof typeof tally]++;
     }
+    lines.push(...formatNotes(r.notes));
   }
   lines.push('');
   lines.push(`Plan: ${tally.create} to create, ${tally.update} to update, ${tally.delete} to delete, ${tally.conflict} conflict(s), ${tally.wait} wait(s).`);
@@ -40,6 +46,7 @@ export function formatSummary(reports: readonly StepReport[], title = 'apply'): 
   for (const r of reports) {
     const n = r.changes.filter(isWrite).length;
     lines.push(`${r.step.padEnd(w)}  ${r.outcome.padEnd(9)}  ${String(n).padStart(7)}  ${(r.durationMs / 1000).toFixed(1).padStart(7)}s${r.error ? `  ${r.error}` : ''}`);
+    lines.push(...formatNotes(r.notes));
   }
   const failed = reports.filter((r) => r.outcome === 'failed' || r.outcome === 'blocked').length;
   const conflicts = reports.filter((r) => r.outcome === 'conflict').length;

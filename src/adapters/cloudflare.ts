@@ -46,6 +46,16 @@ export interface Tunnel {
   name: string;
   createdAt: string;
   configSrc: 'local' | 'cloudflare';
+  /** Running cloudflared processes (distinct connector ids among the tunnel's connections). */
+  connectors: number;
+  /** inactive (never ran), healthy, degraded, down (ran before, no connection now). */
+  status: string;
+}
+
+/** A remotely-managed tunnel's whole configuration: ingress plus settings made elsewhere (warp-routing, originRequest). */
+export interface TunnelConfig {
+  ingress?: ApiIngressRule[];
+  [key: string]: unknown;
 }
 
 /** An ingress rule as the API returns it (it adds `originRequest: {}` to every rule). */
@@ -107,11 +117,13 @@ interface RawTunnel {
   deleted_at?: string | null;
   config_src?: 'local' | 'cloudflare';
   remote_config?: boolean;
+  status?: string;
+  connections?: Array<{ client_id?: string; id?: string }> | null;
 }
 
 interface ListPage<T> {
   result: T[];
-  result_info?: { page?: number; per_page?: number; total_pages?: number; total_count?: number };
+  result_info?: { page?: number; per_page?: number; total_pages?: number; total_count?: number; count?: number };
 }
 
 export function parseRetryAfter(value: string | null | undefined, nowMs = Date.now()): number | undefined {
@@ -138,11 +150,15 @@ function toRecord(r: RawRecord): DnsRecord {
 }
 
 function toTunnel(t: RawTunnel): Tunnel {
+  const conns = Array.isArray(t.connections) ? t.connections : [];
   return {
     id: t.id ?? '',
     name: t.name ?? '',
     createdAt: t.created_at ?? '',
+    // Tunnels of older accounts carry only remote_config.
     configSrc: t.config_src ?? (t.remote_config ? 'cloudflare' : 'local'),
+    connectors: new Set(conns.map((c) => c.client_id ?? c.id ?? '')).size,
+    status: t.status ?? (conns.length > 0 ? 'healthy' : 'inactive'),
   };
 }
 
@@ -293,8 +309,11 @@ export class CloudflareClient {
     for (let page = 1; ; page++) {
       const p = await fetchPage(page);
       out.push(...p.result);
-      const total = p.result_info?.total_pages;
-      if (p.result.length === 0 || (total !== undefined ? page >= total : p.result.length < perPage)) return out;
+      // total_pages is often absent (and undeclared in the schema): a short page, or having total_count, ends the list.
+      const pages = p.result_info?.total_pages;
+      const count = p.result_info?.total_count;
+      const last = pages !== undefined ? page >= pages : p.result.length < perPage || (count !== undefined && out.length >= count);
+      if (p.result.length === 0 || last) return out;
     }
   }
 
@@ -344,7 +363,10 @@ export class CloudflareClient {
         }, zoneId),
       DNS_PAGE,
     );
-    return raw.map(toRecord);
+    const records = raw.map(toRecord);
+    // Cloudflare's comment filters ignore case; ownership is the exact marker.
+    const prefix = filter.commentStartsWith;
+    return prefix === undefined ? records : records.filter((r) => r.comment?.startsWith(prefix));
   }
 
   /**
@@ -399,6 +421,20 @@ export class CloudflareClient {
 
   // ---- tunnel -------------------------------------------------------------------------------
 
+  /** Every non-deleted tunnel of the account: the one to manage and the others worth reporting, in one list. */
+  async listTunnels(signal?: AbortSignal): Promise<Tunnel[]> {
+    const accountId = this.#cf.accountId;
+    const raw = await this.#pages<RawTunnel>(
+      (page) =>
+        this.#call('listing the tunnels of the account', 'tunnel', async (c) => {
+          const p = await c.zeroTrust.tunnels.cloudflared.list({ account_id: accountId, is_deleted: false, page, per_page: TUNNEL_PAGE }, { signal });
+          return { result: p.result as RawTunnel[], result_info: p.result_info };
+        }),
+      TUNNEL_PAGE,
+    );
+    return raw.filter((t) => !t.deleted_at).map(toTunnel);
+  }
+
   /** Non-deleted tunnels of the account with exactly this name. */
   async findTunnels(name: string, signal?: AbortSignal): Promise<Tunnel[]> {
     const accountId = this.#cf.accountId;
@@ -448,23 +484,25 @@ export class CloudflareClient {
     return { tunnel: mine, created: true };
   }
 
-  /** The remotely-managed ingress rules, as the API returns them; null when none were ever put. */
-  async getTunnelIngress(tunnelId: string, signal?: AbortSignal): Promise<ApiIngressRule[] | null> {
+  /** The remotely-managed configuration as the API returns it; null when none was ever put (the API answers `result: null`). */
+  async getTunnelConfig(tunnelId: string, signal?: AbortSignal): Promise<TunnelConfig | null> {
     const res = await this.#call(`reading the configuration of tunnel ${tunnelId}`, 'tunnel', (c) =>
       c.zeroTrust.tunnels.cloudflared.configurations.get(tunnelId, { account_id: this.#cf.accountId }, { signal }),
     );
-    const ingress = (res.config as { ingress?: ApiIngressRule[] } | null | undefined)?.ingress;
-    return Array.isArray(ingress) ? ingress : null;
+    const config = (res as { config?: unknown } | null | undefined)?.config;
+    return config !== null && typeof config === 'object' && !Array.isArray(config) ? (config as TunnelConfig) : null;
   }
 
-  async putTunnelIngress(tunnelId: string, ingress: readonly TunnelIngressRule[], signal?: AbortSignal): Promise<void> {
+  /**
+   * PUT replaces the whole configuration: `base` (the configuration read before) keeps the
+   * settings made elsewhere, such as warp-routing or a top-level originRequest; only the
+   * ingress rules are this daemon's.
+   */
+  async putTunnelIngress(tunnelId: string, ingress: readonly TunnelIngressRule[], base: TunnelConfig | null, signal?: AbortSignal): Promise<void> {
+    const config = { ...(base ?? {}), ingress: ingress.map((r) => ({ ...r })) };
     await this.#call(`writing the ingress rules of tunnel ${tunnelId}`, 'tunnel', (c) =>
-      c.zeroTrust.tunnels.cloudflared.configurations.update(
-        tunnelId,
-        // The SDK types every rule with a hostname; the catch-all rule has none by design.
-        { account_id: this.#cf.accountId, config: { ingress: ingress.map((r) => ({ ...r })) as Array<{ hostname: string; service: string }> } },
-        { signal },
-      ),
+      // The SDK types every rule with a hostname; the catch-all rule has none by design.
+      c.zeroTrust.tunnels.cloudflared.configurations.update(tunnelId, { account_id: this.#cf.accountId, config: config as { ingress: Array<{ hostname: string; service: string }> } }, { signal }),
     );
   }
 

@@ -9,6 +9,19 @@ export const CATCH_ALL: TunnelIngressRule = { service: 'http_status:404' };
 
 export const TUNNEL_SECRET = { namespace: 'cloudflared', name: 'tunnel-token', key: 'token' } as const;
 
+/** The replicas of manifests/argocd-homelab/infra/cloudflared/deployment.yaml: each is one connector. */
+export const EXPECTED_CONNECTORS = 2;
+
+/** What the notes need of a tunnel as Cloudflare lists it. */
+export interface TunnelSeen {
+  id: string;
+  name: string;
+  /** Distinct cloudflared processes connected. */
+  connectors: number;
+  /** inactive (never ran), healthy, degraded, down (ran, no connection now). */
+  status: string;
+}
+
 export interface TunnelWant {
   accountId: string;
   name: string;
@@ -65,4 +78,42 @@ export function ingressDiff(want: readonly TunnelIngressRule[], have: readonly I
     diffs.push({ path: `$.config.ingress[${i}]`, ...(a !== undefined ? { from: a } : {}), ...(b !== undefined ? { to: b } : {}) });
   }
   return diffs;
+}
+
+/**
+ * Whether a cloudflared token (base64 of JSON {a: account, t: tunnel id, s: tunnel secret}, the
+ * format `cloudflared tunnel token` prints) belongs to this account's tunnel.
+ */
+export function tokenIsFor(token: string, accountId: string, tunnelId: string): boolean {
+  try {
+    const t = JSON.parse(Buffer.from(token.trim(), 'base64').toString('utf8')) as { a?: unknown; t?: unknown; s?: unknown };
+    return t.a === accountId && t.t === tunnelId && typeof t.s === 'string' && t.s.length > 0;
+  } catch {
+    return false;
+  }
+}
+
+const connectors = (n: number): string => `${n} connector${n === 1 ? '' : 's'}`;
+
+/** One line for plan, the log and status: how many cloudflared run this tunnel, and what that means. */
+export function connectorNote(name: string, t: TunnelSeen): string {
+  const head = `tunnel ${name} (${t.id}): ${connectors(t.connectors)}`;
+  if (t.connectors === 0) {
+    return t.status === 'inactive'
+      ? `${head}: cloudflared has never connected (it starts once Argo CD syncs infra/cloudflared and Secret ${TUNNEL_SECRET.namespace}/${TUNNEL_SECRET.name} exists)`
+      : `${head}: cloudflared is not running (it was connected before); check the pods in namespace ${TUNNEL_SECRET.namespace}`;
+  }
+  if (t.connectors > EXPECTED_CONNECTORS) {
+    return `${head}, more than the ${EXPECTED_CONNECTORS} the cloudflared Deployment runs: another cloudflared (an old setup?) runs with this tunnel's token and takes part of the traffic; find it with \`cloudflared tunnel info ${name}\` and stop it`;
+  }
+  return `${head}, status ${t.status}`;
+}
+
+/** One line for another tunnel that still has connectors: what it is and how to retire it. */
+export function otherTunnelNote(t: TunnelSeen, managed: string): string {
+  return (
+    `other tunnel ${t.name} (${t.id}) still has ${connectors(t.connectors)} (status ${t.status}): once its hostnames point at tunnel ${managed}, ` +
+    `stop its cloudflared and retire it with \`cloudflared tunnel cleanup ${t.name}\` then \`cloudflared tunnel delete ${t.name}\` ` +
+    `(or Zero Trust dashboard › Networks › Tunnels › Delete); homelab-bootstrap never deletes a tunnel it did not create`
+  );
 }

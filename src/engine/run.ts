@@ -14,6 +14,8 @@ export interface StepReport {
   outcome: Outcome;
   changes: Change[];
   error?: string;
+  /** The step's notes() from its last read. */
+  notes?: string[];
   startedAt: string;
   durationMs: number;
   attempts: number;
@@ -181,7 +183,8 @@ export async function runSteps(steps: readonly Step[], opts: RunOptions): Promis
           outputs.set(step.name, out);
           const n = changes.filter(isWrite).length;
           const outcome: Outcome = observeOnly ? (opts.mode === 'plan' ? 'planned' : 'observed') : conflict !== undefined ? 'conflict' : n > 0 ? 'changed' : 'unchanged';
-          const r = report({ outcome, changes, attempts: attempt, ...(conflict !== undefined ? { error: conflict } : {}) });
+          const notes = step.notes?.(want, have) ?? [];
+          const r = report({ outcome, changes, attempts: attempt, ...(conflict !== undefined ? { error: conflict } : {}), ...(notes.length > 0 ? { notes } : {}) });
           log.info(
             { event: 'finish', outcome, changes: n, durationMs: r.durationMs, attempts: attempt, changed: changes.filter(isWrite).map((c) => `${c.action} ${c.target}`) },
             `${step.name}: ${outcome}${n > 0 ? ` (${n} change${n === 1 ? '' : 's'})` : ''} in ${r.durationMs} ms`,

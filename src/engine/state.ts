@@ -12,6 +12,8 @@ export interface StepState {
   durationMs: number;
   changes: number;
   error?: string;
+  /** The step's notes (e.g. the tunnel's connectors when it last ran). */
+  notes?: string[];
 }
 
 export interface RunState {
@@ -40,7 +42,7 @@ export function recordRun(stateDir: string, mode: string, startedAt: number, rep
     changes += n;
     // Steps only observed for their outputs did not run: keep their last real record.
     if (r.outcome === 'observed') continue;
-    state.steps[r.step] = { outcome: r.outcome, at: r.startedAt, durationMs: r.durationMs, changes: n, ...(r.error ? { error: r.error } : {}) };
+    state.steps[r.step] = { outcome: r.outcome, at: r.startedAt, durationMs: r.durationMs, changes: n, ...(r.error ? { error: r.error } : {}), ...(r.notes ? { notes: r.notes } : {}) };
   }
   state.lastRun = {
     mode,

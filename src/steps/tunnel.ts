@@ -1,5 +1,7 @@
 // The Cloudflare tunnel: find-or-create it by name (remotely managed), put its ingress rules,
-// and hand its token to cloudflared as Secret cloudflared/tunnel-token.
+// and hand its token to cloudflared as Secret cloudflared/tunnel-token. It also tells what it
+// sees and does not manage: how many cloudflared connectors the tunnel has, and other tunnels
+// of the account that still serve traffic (the old setup's), which it never deletes.
 //
 // The Cloudflare part needs no cluster, so the step needs no other step: when the cluster is
 // down the tunnel is still made and its id still reaches DNS. Only the Secret needs the
@@ -8,8 +10,8 @@
 import { PartialStepError } from '../engine/errors.ts';
 import type { Change, KubeObject, Outputs, Step, StepContext } from './types.ts';
 import { OWNER_LABEL } from '../adapters/kube.ts';
-import { oldestTunnel, type ApiIngressRule, type Tunnel } from '../adapters/cloudflare.ts';
-import { desiredTunnel, ingressDiff, TUNNEL_SECRET, type TunnelWant } from '../desired/tunnel.ts';
+import { oldestTunnel, type Tunnel, type TunnelConfig } from '../adapters/cloudflare.ts';
+import { connectorNote, desiredTunnel, EXPECTED_CONNECTORS, ingressDiff, otherTunnelNote, tokenIsFor, TUNNEL_SECRET, type TunnelWant } from '../desired/tunnel.ts';
 import { Secret } from '../secret.ts';
 
 export { PartialStepError };
@@ -22,10 +24,16 @@ export interface TunnelHave {
   tunnel: Tunnel | undefined;
   /** Other live tunnels with the same name (made by hand or by another tool). */
   duplicates: string[];
-  ingress: ApiIngressRule[] | null;
+  /** Live tunnels of other names that still have connectors, e.g. the old setup's hand-made one. */
+  others: Tunnel[];
+  /** The whole remote configuration (null: never configured); a PUT keeps all of it but the ingress. */
+  config: TunnelConfig | null;
+  /** Fetched only when the Secret cannot be trusted as it is (see have()). */
   token: Secret | undefined;
   secret: SecretState;
 }
+
+type SecretRead = { known: true; exists: boolean; namespaceExists: boolean; stored: Secret | undefined } | { known: false; error: string; cause?: unknown };
 
 const changeKey = (c: Change): string => `${c.action} ${c.target}`;
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
@@ -46,21 +54,22 @@ function secretObject(token: Secret): KubeObject {
   };
 }
 
-async function readSecret(ctx: StepContext, token: Secret | undefined): Promise<SecretState> {
+async function readSecret(ctx: StepContext): Promise<SecretRead> {
   try {
     const kube = ctx.adapters.kube;
     const obj = await kube.get('v1', 'Secret', TUNNEL_SECRET.name, TUNNEL_SECRET.namespace);
     if (!obj) {
       const ns = await kube.get('v1', 'Namespace', TUNNEL_SECRET.namespace);
-      return { known: true, exists: false, matches: false, namespaceExists: ns !== undefined };
+      return { known: true, exists: false, namespaceExists: ns !== undefined, stored: undefined };
     }
     const data = (obj.data as Record<string, string> | undefined)?.[TUNNEL_SECRET.key];
-    const matches = token !== undefined && data !== undefined && token.equals(Buffer.from(data, 'base64'));
-    return { known: true, exists: true, matches, namespaceExists: true };
+    return { known: true, exists: true, namespaceExists: true, stored: data === undefined ? undefined : new Secret(Buffer.from(data, 'base64').toString('utf8')) };
   } catch (e) {
     return { known: false, error: message(e), cause: e };
   }
 }
+
+const sameToken = (token: Secret | undefined, stored: Secret | undefined): boolean => token !== undefined && stored !== undefined && token.equals(stored.reveal());
 
 export const tunnelStep: Step<TunnelWant, TunnelHave> = {
   name: 'tunnel',
@@ -71,20 +80,40 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
 
   async have(ctx, want) {
     const cf = ctx.adapters.cloudflare;
-    const all = await cf.findTunnels(want.name, ctx.signal);
-    const tunnel = oldestTunnel(all);
-    const duplicates = all.filter((t) => t.id !== tunnel?.id).map((t) => t.id);
+    // One list of the whole account finds the tunnel, its connectors and the other tunnels.
+    const all = await cf.listTunnels(ctx.signal);
+    const named = all.filter((t) => t.name === want.name);
+    const tunnel = oldestTunnel(named);
+    const duplicates = named.filter((t) => t.id !== tunnel?.id).map((t) => t.id);
     if (duplicates.length > 0) {
       ctx.log.warn({ tunnel: want.name, using: tunnel?.id, duplicates }, `${duplicates.length + 1} live tunnels are named ${want.name}; using the oldest (${tunnel?.id}) and leaving the others alone`);
     }
-    let ingress: ApiIngressRule[] | null = null;
+    const others = all.filter((t) => t.name !== want.name && t.connectors > 0);
+    for (const o of others) ctx.log.warn({ tunnel: o.name, id: o.id, connectors: o.connectors }, otherTunnelNote(o, want.name));
+    // No connector on a tunnel that never had one is a fresh setup (Argo CD has yet to start cloudflared).
+    const worrying = tunnel && (tunnel.connectors > EXPECTED_CONNECTORS || (tunnel.connectors === 0 && tunnel.status !== 'inactive'));
+    if (tunnel) ctx.log[worrying ? 'warn' : 'info']({ tunnel: want.name, connectors: tunnel.connectors, status: tunnel.status }, connectorNote(want.name, tunnel));
+
+    const config = tunnel?.configSrc === 'cloudflare' ? await cf.getTunnelConfig(tunnel.id, ctx.signal) : null;
+    const read = await readSecret(ctx);
     let token: Secret | undefined;
-    if (tunnel) {
-      if (tunnel.configSrc === 'cloudflare') ingress = await cf.getTunnelIngress(tunnel.id, ctx.signal);
-      token = await cf.getTunnelToken(tunnel.id, ctx.signal);
+    let secret: SecretState;
+    if (!read.known) secret = read;
+    else {
+      // The token is {account, tunnel id, tunnel secret}: a Secret naming this tunnel is trusted
+      // without asking Cloudflare, unless the tunnel lost its connectors (a rotated tunnel
+      // secret is one way to get there). Anything else is compared with the token itself.
+      let matches = false;
+      if (tunnel && read.stored) {
+        if (tokenIsFor(read.stored.reveal(), want.accountId, tunnel.id) && tunnel.status !== 'down') matches = true;
+        else {
+          token = await cf.getTunnelToken(tunnel.id, ctx.signal);
+          matches = sameToken(token, read.stored);
+        }
+      }
+      secret = { known: true, exists: read.exists, matches, namespaceExists: read.namespaceExists };
     }
-    const secret = await readSecret(ctx, token);
-    return { tunnel, duplicates, ingress, token, secret };
+    return { tunnel, duplicates, others, config, token, secret };
   },
 
   changes(want, have) {
@@ -101,7 +130,7 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
       });
     } else {
       out.push({ action: 'noop', target: tunnelTarget(want) });
-      const diff = ingressDiff(want.ingress, have.ingress);
+      const diff = ingressDiff(want.ingress, have.config?.ingress);
       out.push(diff.length > 0 ? { action: 'update', target: ingressTarget(want), diff } : { action: 'noop', target: ingressTarget(want) });
     }
 
@@ -134,7 +163,8 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
       ctx.log.info({ tunnel: want.name, id: tunnel.id }, r.created ? `created tunnel ${want.name} (${tunnel.id})` : `tunnel ${want.name} (${tunnel.id}) already existed`);
     }
     if (requested.has(`create ${ingressTarget(want)}`) || requested.has(`update ${ingressTarget(want)}`)) {
-      await cf.putTunnelIngress(tunnel.id, want.ingress, ctx.signal);
+      // A tunnel just created has no configuration to keep.
+      await cf.putTunnelIngress(tunnel.id, want.ingress, have.tunnel ? have.config : null, ctx.signal);
       ctx.log.info({ tunnel: want.name, rules: want.ingress.length }, `wrote ${want.ingress.length} ingress rules of tunnel ${want.name}`);
     }
     const outputs: Outputs = { tunnelId: tunnel.id };
@@ -144,9 +174,9 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
     try {
       token ??= await cf.getTunnelToken(tunnel.id, ctx.signal);
       // Read again: after a 'wait' the cluster may answer now, and a fresh tunnel has a fresh token.
-      const s = await readSecret(ctx, token);
+      const s = await readSecret(ctx);
       if (!s.known) throw s.cause ?? new Error(s.error);
-      if (s.exists && s.matches) return outputs;
+      if (s.exists && sameToken(token, s.stored)) return outputs;
       const kube = ctx.adapters.kube;
       if (!s.namespaceExists) {
         await kube.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: TUNNEL_SECRET.namespace, labels: { ...OWNER_LABEL } } });
@@ -161,6 +191,8 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
   },
 
   outputs: (_want, have) => (have.tunnel ? { tunnelId: have.tunnel.id } : {}),
+
+  notes: (want, have) => [...(have.tunnel ? [connectorNote(want.name, have.tunnel)] : []), ...have.others.map((o) => otherTunnelNote(o, want.name))],
 
   rendered(want) {
     return {

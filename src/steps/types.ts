@@ -69,6 +69,8 @@ export interface Step<Want = unknown, Have = unknown> {
   change(ctx: StepContext, changes: Change[], want: Want, have: Have): Promise<Outputs | void>;
   /** Outputs known without writing (plan mode, or when nothing changed). */
   outputs?(want: Want, have: Have): Outputs;
+  /** Facts the operator should know that are not changes (e.g. the tunnel's connectors): plan shows them, status keeps them. */
+  notes?(want: Want, have: Have): string[];
   /** This step's share of `render`: the desired state in the common shape. */
   rendered(want: Want): Partial<Rendered>;
 }

@@ -80,14 +80,17 @@ export async function startSite(opts: { ciliumCrds?: boolean; controlPlane?: Con
       env,
       async stop() {
         killRuns(dir);
-        await emu.stop();
-        await cp.stop();
-        rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
-        forgetDir();
+        try {
+          await emu.stop(); // throws on schema violations, after stopping
+        } finally {
+          await cp.stop();
+          rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+          forgetDir();
+        }
       },
     };
   } catch (e) {
-    await emu.stop();
+    await emu.stop().catch(() => {});
     await cp.stop();
     throw e;
   }

@@ -1,5 +1,7 @@
 // The Cloudflare emulator as a process, for the demo and the NixOS VM tests:
 //   node test/rig/cloudflare-emulator-main.ts --port 8787 --token-file /run/token --zone example.org
+// Schema checks are off unless --schema names the OpenAPI file: they need the ajv package,
+// and the NixOS VM test runs this file with nothing but Node.
 // Prints its base URL (the daemon's cloudflare.apiBaseUrl) as the first stdout line, then
 // serves until SIGTERM/SIGINT. Faults and the request log are reachable under /__emulator/.
 import { readFileSync } from 'node:fs';
@@ -7,7 +9,8 @@ import { parseArgs } from 'node:util';
 import { ALL_PERMISSIONS, CloudflareEmulator, type Permission } from './cloudflare-emulator.ts';
 
 const USAGE = `usage: cloudflare-emulator-main.ts [--host 127.0.0.1] [--port 0] (--token T | --token-file F)
-       [--permissions zone:read,dns:edit,tunnel:edit] [--account-id HEX32] [--zone NAME[=ID]]...`;
+       [--permissions zone:read,dns:edit,tunnel:edit] [--account-id HEX32] [--zone NAME[=ID]]...
+       [--schema ../shared/cloudflare/openapi-subset.json]`;
 
 function fail(msg: string): never {
   process.stderr.write(`${msg}\n${USAGE}\n`);
@@ -23,6 +26,7 @@ const { values } = parseArgs({
     permissions: { type: 'string' },
     'account-id': { type: 'string' },
     zone: { type: 'string', multiple: true },
+    schema: { type: 'string' },
     help: { type: 'boolean' },
   },
   strict: true,
@@ -52,10 +56,17 @@ const zones = (values.zone ?? []).map((z) => {
   return { name: name!, ...(id ? { id } : {}) };
 });
 
-const emu = await CloudflareEmulator.start({ host: values.host, port, token, permissions, zones, ...(accountId ? { accountId } : {}) });
+const emu = await CloudflareEmulator.start({ host: values.host, port, token, permissions, zones, schema: values.schema ?? false, ...(accountId ? { accountId } : {}) });
 process.stdout.write(`${emu.baseUrl}\n`);
 process.stderr.write(`cloudflare emulator: account ${emu.accountId}, zones ${[...emu.zones.values()].map((z) => `${z.name}=${z.id}`).join(' ') || '(none)'}\n`);
 
-const shutdown = () => void emu.stop().then(() => process.exit(0));
+const shutdown = () =>
+  void emu.stop().then(
+    () => process.exit(0),
+    (e: Error) => {
+      process.stderr.write(`${e.message}\n`);
+      process.exit(1);
+    },
+  );
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);

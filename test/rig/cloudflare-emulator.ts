@@ -7,6 +7,14 @@
 // query string use qs "allowDots" (`name.exact=…`, `comment.startswith=…`), pagination is
 // `page`/`per_page` with `result_info`, the tunnel token result is a bare string, and the
 // tunnel configuration body is `{config: {ingress: [...]}}`.
+//
+// Answers have the shapes production returns, including the ones a client must survive: tunnels
+// of older accounts carry `remote_config` and no `config_src`, `result_info` has no
+// `total_pages`, the configuration of a tunnel never configured is `result: null`, and null
+// timestamps are left out as the schema declares them. Unless `schema: false`, every request
+// and answer is checked against Cloudflare's OpenAPI schema (./cloudflare-schema.ts): a request
+// the schema rejects is answered 400, an answer it rejects becomes a 500, both say "schema
+// violation" and are kept in `violations`, and stop() fails while any is left.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { isIPv4, isIPv6, type AddressInfo, type Socket } from 'node:net';
@@ -54,6 +62,14 @@ export interface IngressRule {
   originRequest?: Record<string, unknown>;
 }
 
+/** A running cloudflared: one connector keeps (usually four) connections to the edge. */
+export interface EmulatorConnector {
+  id: string;
+  version: string;
+  runAt: string;
+  conns: Array<{ id: string; colo_name: string; opened_at: string; origin_ip: string; is_pending_reconnect: boolean }>;
+}
+
 export interface EmulatorTunnel {
   id: string;
   account_tag: string;
@@ -61,10 +77,15 @@ export interface EmulatorTunnel {
   created_at: string;
   deleted_at: string | null;
   config_src: 'local' | 'cloudflare';
+  /** Older tunnels answer with `remote_config` only, no `config_src`. */
+  remoteConfigOnly?: boolean;
   secret: string;
   config: { ingress: IngressRule[]; [k: string]: unknown } | null;
   version: number;
   configCreatedAt: string | null;
+  connectors: EmulatorConnector[];
+  connsActiveAt: string | null;
+  connsInactiveAt: string | null;
 }
 
 export interface RequestRecord {
@@ -101,8 +122,22 @@ export interface EmulatorOptions {
   token?: string;
   permissions?: readonly Permission[];
   zones?: ReadonlyArray<string | { name: string; id?: string }>;
-  /** The account-wide limit Cloudflare applies: 1,200 requests per 5 minutes. */
-  globalRateLimit?: { requests: number; windowMs: number } | false;
+  /**
+   * The account-wide limit Cloudflare applies: past 1,200 requests in 5 minutes, every request
+   * is answered 429 for the next 5 minutes (`blockMs`, default `windowMs`).
+   */
+  globalRateLimit?: { requests: number; windowMs: number; blockMs?: number } | false;
+  /** Milliseconds since the epoch; a test seam for the rate limit. */
+  clock?: () => number;
+  /** Cloudflare's OpenAPI schema file to hold requests and answers to, or false. Default: ../shared/cloudflare/openapi-subset.json. */
+  schema?: string | false;
+}
+
+/** What the emulator needs of ./cloudflare-schema.ts (loaded only when validation is on). */
+interface SchemaChecker {
+  declares(method: string, path: string): boolean;
+  checkRequest(req: { method: string; path: string; query: Record<string, string>; body: unknown }): string[];
+  checkResponse(res: { method: string; path: string; status: number; body: unknown }): string[];
 }
 
 const API_ROOT = '/client/v4';
@@ -171,7 +206,8 @@ function pageOf<T>(items: T[], query: Record<string, string>, def: number, max: 
   const slice = items.slice(start, start + perPage);
   return {
     page: slice,
-    info: { page, per_page: perPage, count: slice.length, total_count: items.length, total_pages: Math.max(1, Math.ceil(items.length / perPage)) },
+    // No total_pages: the schema's result_info has none, and production lists often lack it.
+    info: { page, per_page: perPage, count: slice.length, total_count: items.length },
   };
 }
 
@@ -187,12 +223,20 @@ export class CloudflareEmulator {
   #timers = new Set<NodeJS.Timeout>();
   #seq = 0;
   #window: number[] = [];
-  readonly #globalLimit: { requests: number; windowMs: number } | false;
+  #blockedUntil = 0;
+  readonly #globalLimit: { requests: number; windowMs: number; blockMs?: number } | false;
+  readonly #clock: () => number;
+  readonly #schemaFile: string | false | undefined;
+  #schema: SchemaChecker | undefined;
+  /** Requests and answers the OpenAPI schema rejected (see the header). */
+  readonly violations: string[] = [];
   baseUrl = '';
 
   constructor(opts: EmulatorOptions = {}) {
     this.accountId = opts.accountId ?? hex32();
     this.#globalLimit = opts.globalRateLimit ?? { requests: 1200, windowMs: 5 * 60_000 };
+    this.#clock = opts.clock ?? Date.now;
+    this.#schemaFile = opts.schema;
     if (opts.token) this.setToken(opts.token, opts.permissions ?? ALL_PERMISSIONS);
     for (const z of opts.zones ?? []) typeof z === 'string' ? this.addZone(z) : this.addZone(z.name, z.id);
   }
@@ -204,6 +248,10 @@ export class CloudflareEmulator {
   }
 
   async listen(port: number, host: string): Promise<void> {
+    if (this.#schemaFile !== false && !this.#schema) {
+      const { CloudflareSchema } = await import('./cloudflare-schema.ts');
+      this.#schema = new CloudflareSchema(this.#schemaFile);
+    }
     const server = createServer((req, res) => void this.#handle(req, res));
     server.on('connection', (s) => {
       this.#sockets.add(s);
@@ -226,6 +274,19 @@ export class CloudflareEmulator {
     const server = this.#server;
     this.#server = undefined;
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    if (this.violations.length > 0) {
+      throw new Error(`Cloudflare emulator: ${this.violations.length} schema violation(s):\n${this.violations.join('\n')}`);
+    }
+  }
+
+  /** Whether requests and answers are checked against the OpenAPI schema. */
+  get validating(): boolean {
+    return this.#schema !== undefined;
+  }
+
+  /** Hands over (and forgets) the violations so far, for tests that send a bad request on purpose. */
+  takeViolations(): string[] {
+    return this.violations.splice(0);
   }
 
   // ---- configuration -------------------------------------------------------------------
@@ -259,6 +320,44 @@ export class CloudflareEmulator {
 
   records(zoneName: string): EmulatorRecord[] {
     return [...this.zone(zoneName).records.values()].map((r) => structuredClone(r));
+  }
+
+  /** A tunnel made elsewhere (dashboard, `cloudflared tunnel create`, an older account). Not logged. */
+  seedTunnel(input: { name: string; configSrc?: 'local' | 'cloudflare'; remoteConfigOnly?: boolean; config?: EmulatorTunnel['config']; createdAt?: string }): EmulatorTunnel {
+    const t = this.#createTunnel({ name: input.name, config_src: input.configSrc ?? 'cloudflare' });
+    if (input.remoteConfigOnly) t.remoteConfigOnly = true;
+    if (input.createdAt) t.created_at = input.createdAt;
+    if (input.config) {
+      t.config = structuredClone(input.config);
+      t.version = 1;
+      t.configCreatedAt = now();
+    }
+    return t;
+  }
+
+  /** A cloudflared starts with the tunnel's token: one more connector with `conns` connections. */
+  connect(tunnelId: string, opts: { conns?: number; version?: string } = {}): string {
+    const t = this.tunnels.get(tunnelId);
+    if (!t) throw new Error(`emulator: no tunnel ${tunnelId}`);
+    const at = now();
+    const colos = ['ams01', 'fra06', 'ams08', 'fra10'];
+    const connector: EmulatorConnector = {
+      id: randomUUID(),
+      version: opts.version ?? '2025.11.1',
+      runAt: at,
+      conns: Array.from({ length: opts.conns ?? 4 }, (_, i) => ({ id: randomUUID(), colo_name: colos[i % colos.length]!, opened_at: at, origin_ip: '198.51.100.7', is_pending_reconnect: false })),
+    };
+    t.connectors.push(connector);
+    t.connsActiveAt ??= at;
+    return connector.id;
+  }
+
+  /** That cloudflared stops (all of them without an id). */
+  disconnect(tunnelId: string, connectorId?: string): void {
+    const t = this.tunnels.get(tunnelId);
+    if (!t) throw new Error(`emulator: no tunnel ${tunnelId}`);
+    t.connectors = connectorId ? t.connectors.filter((c) => c.id !== connectorId) : [];
+    if (t.connectors.length === 0) t.connsInactiveAt = now();
   }
 
   liveTunnels(): EmulatorTunnel[] {
@@ -337,7 +436,7 @@ export class CloudflareEmulator {
     const path = url.pathname.startsWith(API_ROOT) ? url.pathname.slice(API_ROOT.length) || '/' : url.pathname;
     const query: Record<string, string> = {};
     for (const [k, v] of url.searchParams) query[k] = v;
-    const entry: RequestRecord = { seq: ++this.#seq, method, path, search: url.search.replace(/^\?/, ''), query, status: 0, at: Date.now() };
+    const entry: RequestRecord = { seq: ++this.#seq, method, path, search: url.search.replace(/^\?/, ''), query, status: 0, at: this.#clock() };
     this.requests.push(entry);
 
     let status: number;
@@ -347,6 +446,7 @@ export class CloudflareEmulator {
       const limited = this.#takeFault('rateLimit', method, path) ?? this.#overGlobalLimit();
       if (limited) {
         entry.status = 429;
+        // The rate limiter sits in front of the API: its answer (code 971) is not an operation's, so it is not schema-checked.
         return this.#send(res, 429, { success: false, errors: [{ code: 971, message: 'Please wait and consider throttling your request speed' }], messages: [], result: null }, { 'retry-after': String(limited.retryAfterSeconds) });
       }
       const err5xx = this.#takeFault('serverError', method, path);
@@ -364,6 +464,12 @@ export class CloudflareEmulator {
         }
       }
       entry.body = body;
+      const bad = this.#schema?.checkRequest({ method, path, query, body }) ?? [];
+      if (bad.length > 0) {
+        this.#violation(`request #${entry.seq}`, bad);
+        // An operation the schema does not know still gets the API's own answer (404, 7000).
+        if (this.#schema!.declares(method, path)) throw new HttpError(400, ...bad.map((m) => ({ code: 9207, message: `schema violation: ${m}` })));
+      }
       const perms = this.#authenticate(req);
       const out = this.#route(method, path, query, body, perms);
       status = out.status ?? 200;
@@ -376,6 +482,12 @@ export class CloudflareEmulator {
         status = 500;
         payload = { success: false, errors: [{ code: 10001, message: `emulator bug: ${(e as Error).message}` }], messages: [], result: null };
       }
+    }
+    const wrong = this.#schema?.checkResponse({ method, path, status, body: payload }) ?? [];
+    if (wrong.length > 0) {
+      this.#violation(`answer to request #${entry.seq}`, wrong);
+      status = 500;
+      payload = { success: false, errors: wrong.map((m) => ({ code: 10001, message: `emulator schema violation: ${m}` })), messages: [], result: null };
     }
 
     const lost = this.#takeFault('lose', method, path);
@@ -399,13 +511,22 @@ export class CloudflareEmulator {
     this.#send(res, status, payload);
   }
 
+  #violation(what: string, problems: string[]): void {
+    for (const p of problems) this.violations.push(`schema violation (${what}): ${p}`);
+  }
+
   #overGlobalLimit(): { retryAfterSeconds: number } | undefined {
     if (!this.#globalLimit) return undefined;
-    const t = Date.now();
-    const { requests, windowMs } = this.#globalLimit;
+    const t = this.#clock();
+    const { requests, windowMs, blockMs = windowMs } = this.#globalLimit;
+    const retryAfter = () => ({ retryAfterSeconds: Math.max(1, Math.ceil((this.#blockedUntil - t) / 1000)) });
+    if (t < this.#blockedUntil) return retryAfter();
     while (this.#window.length > 0 && this.#window[0]! <= t - windowMs) this.#window.shift();
     if (this.#window.length >= requests) {
-      return { retryAfterSeconds: Math.max(1, Math.ceil((this.#window[0]! + windowMs - t) / 1000)) };
+      // Cloudflare blocks every request for the next five minutes, not just until the window slides.
+      this.#blockedUntil = t + blockMs;
+      this.#window = [];
+      return retryAfter();
     }
     this.#window.push(t);
     return undefined;
@@ -459,7 +580,7 @@ export class CloudflareEmulator {
           need('dns:edit');
           const rec = this.#buildRecord(zone, asObject(body), undefined);
           zone.records.set(rec.id, rec);
-          return { result: rec };
+          return { result: recordView(rec) };
         }
         const id = seg[3] ?? '';
         if (seg.length === 4) {
@@ -467,7 +588,7 @@ export class CloudflareEmulator {
           if (method === 'GET') need('dns:read', 'dns:edit');
           else need('dns:edit');
           if (!existing) throw new HttpError(404, { code: 81044, message: 'Record does not exist.' });
-          if (method === 'GET') return { result: existing };
+          if (method === 'GET') return { result: recordView(existing) };
           if (method === 'DELETE') {
             zone.records.delete(id);
             return { result: { id } };
@@ -476,7 +597,7 @@ export class CloudflareEmulator {
             const input = method === 'PUT' ? asObject(body) : { ...recordInput(existing), ...asObject(body) };
             const rec = this.#buildRecord(zone, input, existing);
             zone.records.set(id, rec);
-            return { result: rec };
+            return { result: recordView(rec) };
           }
         }
       }
@@ -503,8 +624,10 @@ export class CloudflareEmulator {
         return { result: tunnelView(t) };
       }
       if (seg.length === 5 && seg[4] === 'token' && method === 'GET') return { result: this.tunnelToken(t.id) };
+      if (seg.length === 5 && seg[4] === 'connections' && method === 'GET') return { result: t.connectors.map(connectorView) };
       if (seg.length === 5 && seg[4] === 'configurations') {
-        if (method === 'GET') return { result: configView(t) };
+        // A tunnel never configured answers `result: null`, not an empty configuration.
+        if (method === 'GET') return { result: t.config === null ? null : configView(t) };
         if (method === 'PUT') return { result: this.#putConfig(t, body) };
       }
     }
@@ -532,7 +655,8 @@ export class CloudflareEmulator {
       } else if (field === 'comment') {
         if (op === 'present') tests.push((r) => r.comment !== null && r.comment !== '');
         else if (op === 'absent') tests.push((r) => r.comment === null || r.comment === '');
-        else tests.push((r) => r.comment !== null && strFilter(r.comment, op ?? 'exact', arg, false));
+        // "Comment filters are case-insensitive" (the schema, on every comment.* parameter).
+        else tests.push((r) => r.comment !== null && strFilter(r.comment, op ?? 'exact', arg, true));
       } else if (field === 'type') {
         tests.push((r) => r.type === arg.toUpperCase());
       } else if (field === 'proxied') {
@@ -544,7 +668,7 @@ export class CloudflareEmulator {
     const any = query.match === 'any';
     const all = [...zone.records.values()].filter((r) => (tests.length === 0 ? true : any ? tests.some((t) => t(r)) : tests.every((t) => t(r))));
     const { page, info } = pageOf(all, query, 100, DNS_MAX_PER_PAGE);
-    return { result: page, resultInfo: info };
+    return { result: page.map(recordView), resultInfo: info };
   }
 
   /** Validates a create (existing undefined) or a full update exactly as the real API would. */
@@ -659,6 +783,9 @@ export class CloudflareEmulator {
       config: null,
       version: 0,
       configCreatedAt: null,
+      connectors: [],
+      connsActiveAt: null,
+      connsInactiveAt: null,
     };
     this.tunnels.set(t.id, t);
     return t;
@@ -686,7 +813,8 @@ export class CloudflareEmulator {
     if (last.hostname !== undefined || last.path !== undefined) {
       throw new HttpError(400, { code: 1055, message: 'Failed to validate ingress rules: the last ingress rule must match all URLs (i.e. it should not have a hostname or path)' });
     }
-    t.config = { ingress: rules, 'warp-routing': { enabled: false } };
+    // PUT replaces the whole configuration: whatever else the body carries is kept, nothing of the old one.
+    t.config = { 'warp-routing': { enabled: false }, ...config, ingress: rules };
     t.version++;
     t.configCreatedAt = now();
     return configView(t);
@@ -699,7 +827,7 @@ export class CloudflareEmulator {
     const what = url.pathname.slice('/__emulator/'.length);
     try {
       const body = rawBody ? (JSON.parse(rawBody) as Record<string, unknown>) : {};
-      if (what === 'requests' && method === 'GET') return reply(200, { requests: this.requests, writes: this.writes().length, byMethod: this.countByMethod() });
+      if (what === 'requests' && method === 'GET') return reply(200, { requests: this.requests, writes: this.writes().length, byMethod: this.countByMethod(), violations: this.violations });
       if (what === 'requests' && method === 'DELETE') {
         this.resetLog();
         return reply(200, { ok: true });
@@ -740,6 +868,8 @@ function recordInput(r: EmulatorRecord): Record<string, unknown> {
   return { type: r.type, name: r.name, content: r.content, proxied: r.proxied, ttl: r.ttl, comment: r.comment, ...(r.priority !== undefined ? { priority: r.priority } : {}), ...(r.data !== undefined ? { data: r.data } : {}) };
 }
 
+const ZONE_EPOCH = '2024-01-01T00:00:00.000000Z';
+
 function zoneView(z: EmulatorZone) {
   return {
     id: z.id,
@@ -750,25 +880,46 @@ function zoneView(z: EmulatorZone) {
     account: { id: z.accountId, name: 'Homelab account' },
     plan: { id: '0feeeeeeeeeeeeeeeeeeeeeeeeeeeeee', name: 'Free Website', legacy_id: 'free' },
     name_servers: ['ada.ns.cloudflare.com', 'bob.ns.cloudflare.com'],
+    development_mode: 0,
+    owner: { type: 'user' },
+    meta: { step: 2, custom_certificate_quota: 0, page_rule_quota: 3, phishing_detected: false },
+    original_name_servers: null,
+    original_registrar: null,
+    original_dnshost: null,
+    created_on: ZONE_EPOCH,
+    modified_on: ZONE_EPOCH,
+    activated_on: ZONE_EPOCH,
   };
 }
 
+/** A record as the API answers it: no `comment` key when there is none (the schema's comment is a string). */
+function recordView(r: EmulatorRecord) {
+  const { comment, ...rest } = r;
+  return comment === null ? rest : { ...rest, comment };
+}
+
 function tunnelView(t: EmulatorTunnel) {
+  const live = t.connectors.length > 0;
   return {
     id: t.id,
     account_tag: t.account_tag,
     name: t.name,
     created_at: t.created_at,
-    deleted_at: t.deleted_at,
-    connections: [],
-    conns_active_at: null,
-    conns_inactive_at: null,
+    // Timestamps that are not set are absent (the schema declares them as strings).
+    ...(t.deleted_at ? { deleted_at: t.deleted_at } : {}),
+    connections: t.connectors.flatMap((c) => c.conns.map((x) => ({ ...x, uuid: x.id, client_id: c.id, client_version: c.version }))),
+    ...(t.connsActiveAt ? { conns_active_at: t.connsActiveAt } : {}),
+    ...(t.connsInactiveAt && !live ? { conns_inactive_at: t.connsInactiveAt } : {}),
     tun_type: 'cfd_tunnel',
     metadata: {},
-    status: 'inactive',
+    status: live ? 'healthy' : t.connsActiveAt ? 'down' : 'inactive',
     remote_config: t.config_src === 'cloudflare',
-    config_src: t.config_src,
+    ...(t.remoteConfigOnly ? {} : { config_src: t.config_src }),
   };
+}
+
+function connectorView(c: EmulatorConnector) {
+  return { id: c.id, run_at: c.runAt, version: c.version, arch: 'linux_amd64', config_version: 0, features: ['serialized_headers', 'support_datagram_v3'], conns: c.conns.map((x) => ({ ...x, uuid: x.id, client_id: c.id, client_version: c.version })) };
 }
 
 function configView(t: EmulatorTunnel) {

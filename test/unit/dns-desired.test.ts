@@ -460,11 +460,11 @@ describe('tunnel step changes', () => {
   const s = settings();
   const want = tunnelStep.want(s, {});
   const token = new Secret('eyJhIjoiMDEyMzQ1NiIsInQiOiJ0dW5uZWwtc2VjcmV0LXZhbHVlIn0=');
-  const tunnel = { id: TUNNEL, name: 'homelab', createdAt: '2026-01-01T00:00:00Z', configSrc: 'cloudflare' as const };
+  const tunnel = { id: TUNNEL, name: 'homelab', createdAt: '2026-01-01T00:00:00Z', configSrc: 'cloudflare' as const, connectors: 2, status: 'healthy' };
   const apiIngress = want.ingress.map((r) => ({ ...r, originRequest: {} }));
 
   it('cold: create tunnel, ingress, namespace and Secret; the token never appears, the diff says [redacted]', () => {
-    const have: TunnelHave = { tunnel: undefined, duplicates: [], ingress: null, token: undefined, secret: { known: true, exists: false, matches: false, namespaceExists: false } };
+    const have: TunnelHave = { tunnel: undefined, duplicates: [], others: [], config: null, token: undefined, secret: { known: true, exists: false, matches: false, namespaceExists: false } };
     const changes = tunnelStep.changes(want, have);
     assert.deepEqual(
       changes.map((c) => `${c.action} ${c.target}`),
@@ -475,13 +475,13 @@ describe('tunnel step changes', () => {
   });
 
   it('converged: only noops, and the tunnel id is an output without writing', () => {
-    const have: TunnelHave = { tunnel, duplicates: [], ingress: apiIngress, token, secret: { known: true, exists: true, matches: true, namespaceExists: true } };
+    const have: TunnelHave = { tunnel, duplicates: [], others: [], config: { ingress: apiIngress }, token, secret: { known: true, exists: true, matches: true, namespaceExists: true } };
     assert.ok(tunnelStep.changes(want, have).every((c) => c.action === 'noop'));
     assert.deepEqual(tunnelStep.outputs!(want, have), { tunnelId: TUNNEL });
   });
 
   it('a Secret with another token is an update that shows no token', () => {
-    const have: TunnelHave = { tunnel, duplicates: [], ingress: apiIngress, token, secret: { known: true, exists: true, matches: false, namespaceExists: true } };
+    const have: TunnelHave = { tunnel, duplicates: [], others: [], config: { ingress: apiIngress }, token, secret: { known: true, exists: true, matches: false, namespaceExists: true } };
     const changes = tunnelStep.changes(want, have);
     const secret = changes.find((c) => c.target === 'Secret cloudflared/tunnel-token')!;
     assert.equal(secret.action, 'update');
@@ -490,14 +490,14 @@ describe('tunnel step changes', () => {
   });
 
   it('cluster unreachable: the Secret is a wait, the Cloudflare part is still planned', () => {
-    const have: TunnelHave = { tunnel: undefined, duplicates: [], ingress: null, token: undefined, secret: { known: false, error: 'connect ECONNREFUSED 127.0.0.1:6443' } };
+    const have: TunnelHave = { tunnel: undefined, duplicates: [], others: [], config: null, token: undefined, secret: { known: false, error: 'connect ECONNREFUSED 127.0.0.1:6443' } };
     const changes = tunnelStep.changes(want, have);
     assert.deepEqual(changes.map((c) => c.action), ['create', 'create', 'wait']);
     assert.match(changes[2]!.detail ?? '', /ECONNREFUSED/);
   });
 
   it('a locally-managed tunnel of that name is a conflict', () => {
-    const have: TunnelHave = { tunnel: { ...tunnel, configSrc: 'local' }, duplicates: [], ingress: null, token, secret: { known: true, exists: true, matches: true, namespaceExists: true } };
+    const have: TunnelHave = { tunnel: { ...tunnel, configSrc: 'local' }, duplicates: [], others: [], config: null, token, secret: { known: true, exists: true, matches: true, namespaceExists: true } };
     const c = tunnelStep.changes(want, have)[0]!;
     assert.equal(c.action, 'conflict');
     assert.match(c.detail ?? '', /locally managed/);
