@@ -10,42 +10,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
-import { parse as parseYaml } from 'yaml';
-import { TransientError } from '../engine/errors.ts';
+import { isTransientMessage, TransientError } from '../engine/errors.ts';
 import type { ChartRef } from '../settings/schema.ts';
 import type { HelmReleaseSpec } from '../steps/types.ts';
-
-/** A release as `helm list` reports it. */
-export interface HelmReleaseInfo {
-  name: string;
-  namespace: string;
-  revision: number;
-  status: string;
-  /** "<chart name>-<chart version>", as helm prints it. */
-  chart: string;
-  appVersion: string;
-  updated: string;
-}
-
-/** One entry of `helm history`. */
-export interface HelmRevision {
-  revision: number;
-  status: string;
-  chart: string;
-  appVersion: string;
-  description: string;
-  updated: string;
-}
-
-export interface ChartMeta {
-  name: string;
-  version: string;
-}
 
 export interface HelmWriteOptions {
   /** helm's own --timeout (hooks, rollback waits); helm is never run with --wait. */
   timeoutMs: number;
   signal?: AbortSignal;
+  /** Adopt existing objects whatever their ownership (--take-ownership, Helm >= 3.17). */
+  takeOwnership?: boolean;
 }
 
 export interface HelmOptions {
@@ -71,22 +45,32 @@ export class HelmError extends Error {
 /** helm's wording when the last revision is pending-* (a killed helm left it). */
 export const OPERATION_IN_PROGRESS = 'another operation (install/upgrade/rollback) is in progress';
 
-// Failures that clear by themselves: the apiserver restarting under k3s, a killed run's lock.
-const TRANSIENT_STDERR = [
-  /Kubernetes cluster unreachable/i,
-  /connection refused/i,
-  /connection reset by peer/i,
-  /i\/o timeout/i,
-  /TLS handshake timeout/i,
-  /the server is currently unable to handle the request/i,
-  /etcdserver: (request timed out|leader changed)/i,
-  /http2: client connection lost/i,
-  /context deadline exceeded/i,
-  /another operation \(install\/upgrade\/rollback\) is in progress/i,
-];
-
+/** The apiserver restarting under k3s, or a killed run's lock (the next attempt recovers the release). */
 export function isTransientHelmError(stderr: string): boolean {
-  return TRANSIENT_STDERR.some((re) => re.test(stderr));
+  return isTransientMessage(stderr) || stderr.includes(OPERATION_IN_PROGRESS);
+}
+
+/** An existing object helm would not adopt into a release. */
+export interface OwnershipConflict {
+  /** As helm names it: `CustomResourceDefinition "applications.argoproj.io"`. */
+  object: string;
+  /** "<namespace>/<name>" of the release that owns it; undefined when no release does. */
+  owner?: string;
+}
+
+/**
+ * helm's refusal to adopt an existing object ("... exists and cannot be imported into the
+ * current release: invalid ownership metadata; ..."), or undefined for any other failure.
+ */
+export function ownershipConflict(stderr: string): OwnershipConflict | undefined {
+  const m = /(\S+ "[^"]*")(?: in namespace "[^"]*")? exists and cannot be imported into the current release: invalid ownership metadata(.*)/s.exec(stderr);
+  if (!m) return undefined;
+  const current = (key: string) => new RegExp(`key "meta\\.helm\\.sh/${key}" must equal "[^"]*": current value is "([^"]*)"`).exec(m[2]!)?.[1];
+  const name = current('release-name');
+  const namespace = current('release-namespace');
+  // Annotated for a release of this name but in another namespace is another release too.
+  const owner = namespace !== undefined ? `${namespace}/${name ?? '(same name)'}` : name;
+  return owner ? { object: m[1]!, owner } : { object: m[1]! };
 }
 
 let tempHome: string | undefined;
@@ -182,55 +166,6 @@ export class Helm {
     return res.stdout;
   }
 
-  /** The release (any status), or undefined when there is none. */
-  async get(name: string, namespace: string, signal?: AbortSignal): Promise<HelmReleaseInfo | undefined> {
-    const out = await this.#run(['list', '--namespace', namespace, '--all', '--filter', `^${escapeRegex(name)}$`, '--output', 'json'], { signal });
-    const list = JSON.parse(out || '[]') as Array<Record<string, unknown>>;
-    const r = list.find((x) => x.name === name && x.namespace === namespace);
-    if (!r) return undefined;
-    return {
-      name,
-      namespace,
-      revision: Number(r.revision),
-      status: String(r.status ?? ''),
-      chart: String(r.chart ?? ''),
-      appVersion: String(r.app_version ?? ''),
-      updated: String(r.updated ?? ''),
-    };
-  }
-
-  /** User-supplied values of the latest (or the given) revision; {} when there are none. */
-  async values(name: string, namespace: string, revision?: number, signal?: AbortSignal): Promise<Record<string, unknown>> {
-    const args = ['get', 'values', name, '--namespace', namespace, '--output', 'json'];
-    if (revision !== undefined) args.push('--revision', String(revision));
-    const out = await this.#run(args, { signal });
-    const v = JSON.parse(out || 'null') as unknown;
-    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
-  }
-
-  async history(name: string, namespace: string, signal?: AbortSignal): Promise<HelmRevision[]> {
-    const out = await this.#run(['history', name, '--namespace', namespace, '--max', '256', '--output', 'json'], { signal });
-    const list = JSON.parse(out || '[]') as Array<Record<string, unknown>>;
-    return list.map((r) => ({
-      revision: Number(r.revision),
-      status: String(r.status ?? ''),
-      chart: String(r.chart ?? ''),
-      appVersion: String(r.app_version ?? ''),
-      description: String(r.description ?? ''),
-      updated: String(r.updated ?? ''),
-    }));
-  }
-
-  /** Name and version of a local chart (directory or .tgz); contacts no cluster. */
-  async showChart(path: string, signal?: AbortSignal): Promise<ChartMeta> {
-    const out = await this.#run(['show', 'chart', path], { signal, cluster: false });
-    const meta = parseYaml(out) as { name?: unknown; version?: unknown } | null;
-    if (!meta || typeof meta.name !== 'string' || typeof meta.version !== 'string') {
-      throw new HelmError('show chart', 0, `${path}: Chart.yaml has no name or version`);
-    }
-    return { name: meta.name, version: meta.version };
-  }
-
   /**
    * `helm upgrade --install` with exactly `spec.values` as the user-supplied values:
    * --reset-values, because helm would otherwise reuse the old ones when the new set is empty.
@@ -240,6 +175,7 @@ export class Helm {
       'upgrade', spec.name, ...chartArgs(spec.chart),
       '--install', '--namespace', spec.namespace, '--create-namespace',
       '--reset-values', '--values', '-', '--timeout', seconds(opts.timeoutMs),
+      ...(opts.takeOwnership ? ['--take-ownership'] : []),
     ];
     await this.#write(args, opts, JSON.stringify(spec.values));
   }

@@ -10,7 +10,10 @@
 // - never `helm --wait` (it hangs without nodes): readiness is rollout.ts, a separate change.
 import { isDeepStrictEqual } from 'node:util';
 import type { Settings } from '../settings/schema.ts';
-import { chartLabel, type ChartMeta } from '../adapters/helm.ts';
+import { chartLabel, HelmError, ownershipConflict, type HelmWriteOptions } from '../adapters/helm.ts';
+import { PartialStepError } from '../engine/errors.ts';
+import { readChartMeta, type ChartMeta } from '../adapters/chart-meta.ts';
+import { readReleaseHistory } from '../adapters/helm-storage.ts';
 import type { JsonObject } from '../desired/merge.ts';
 import { diffObjects } from '../diff.ts';
 import type { Change, HelmReleaseSpec, Outputs, Rendered, Step, StepContext, StepName } from './types.ts';
@@ -26,7 +29,7 @@ export interface ReleaseWant {
 export interface DeployedRelease {
   revision: number;
   status: string;
-  chart: string; // "<name>-<version>"
+  chart: ChartMeta;
   values: JsonObject;
 }
 
@@ -59,7 +62,12 @@ export interface HelmStepConfig {
   helmTimeoutMs: number;
   rolloutTimeoutMs: number;
   pollMs: number;
+  /** Why upgrading the deployed chart to the desired one is unsafe (and what to do instead), if it is. */
+  refuseUpgrade?: UpgradeGuard;
 }
+
+/** Pure: a reason to refuse moving a release from one chart to another, or undefined. */
+export type UpgradeGuard = (deployed: ChartMeta, desired: ChartMeta) => string | undefined;
 
 const releaseTarget = (r: HelmReleaseSpec) => `HelmRelease ${r.namespace}/${r.name}`;
 const chartString = (c: ChartMeta) => `${c.name}-${c.version}`;
@@ -71,6 +79,7 @@ type Op =
   | { kind: 'uninstall' }
   | { kind: 'install' }
   | { kind: 'upgrade' }
+  | { kind: 'refuse'; reason: string }
   | { kind: 'wait' };
 
 interface PlannedOp {
@@ -79,7 +88,7 @@ interface PlannedOp {
 }
 
 /** Pure: the operations, in order, that bring `have` to `want`. */
-export function planRelease(want: ReleaseWant, have: ReleaseHave): PlannedOp[] {
+export function planRelease(want: ReleaseWant, have: ReleaseHave, refuseUpgrade?: UpgradeGuard): PlannedOp[] {
   const r = want.release;
   const target = releaseTarget(r);
   const ops: PlannedOp[] = [];
@@ -114,13 +123,18 @@ export function planRelease(want: ReleaseWant, have: ReleaseHave): PlannedOp[] {
     });
     releaseWritten = true;
   } else {
+    const deployedChart = chartString(d.chart);
     const diff = [
-      ...(d.chart === desiredChart ? [] : [{ path: '$.chart', from: d.chart, to: desiredChart }]),
+      ...(deployedChart === desiredChart ? [] : [{ path: '$.chart', from: deployedChart, to: desiredChart }]),
       // Wrapped so the paths read $.values.hubble.relay.enabled next to $.chart.
       ...diffObjects({ values: d.values }, { values: normalised(r.values) }),
     ];
     const failed = d.status !== 'deployed';
-    if (diff.length > 0 || failed) {
+    const refusal = diff.length > 0 || failed ? refuseUpgrade?.(d.chart, have.chart) : undefined;
+    if (refusal) {
+      // The release stays as it is; what needs it goes on against the deployed version.
+      ops.push({ op: { kind: 'refuse', reason: refusal }, change: { action: 'conflict', target, diff, detail: refusal } });
+    } else if (diff.length > 0 || failed) {
       const why = failed ? `revision ${d.revision} is ${d.status}; upgrade again` : `upgrade from revision ${d.revision}`;
       ops.push({ op: { kind: 'upgrade' }, change: { action: 'update', target, diff, detail: `${why} (${desiredChart})` } });
       releaseWritten = true;
@@ -140,34 +154,56 @@ export function planRelease(want: ReleaseWant, have: ReleaseHave): PlannedOp[] {
 }
 
 async function readRelease(ctx: StepContext, want: ReleaseWant): Promise<ReleaseHave> {
-  const { helm } = ctx.adapters;
   const r = want.release;
-  const chart: ChartMeta = 'path' in r.chart ? await helm.showChart(r.chart.path, ctx.signal) : { name: r.chart.chart, version: r.chart.version };
+  const chart: ChartMeta = 'path' in r.chart ? readChartMeta(r.chart.path) : { name: r.chart.chart, version: r.chart.version };
   const workloads = want.rollout.length > 0 ? await readWorkloads(ctx, want.rollout) : [];
-  const current = await helm.get(r.name, r.namespace, ctx.signal);
+  // Helm's own records, read without running helm: a no-op boot starts no helm process.
+  const history = await readReleaseHistory(ctx.adapters.kube, r.name, r.namespace);
+  const latest = history[0]?.decode();
   // `helm uninstall --keep-history` leaves an uninstalled record; install treats it as absent.
-  if (!current || current.status === 'uninstalled') return { chart, workloads };
+  if (!latest || latest.status === 'uninstalled') return { chart, workloads };
 
-  if (!PENDING_STATUSES.includes(current.status)) {
-    const values = await helm.values(r.name, r.namespace, undefined, ctx.signal);
-    return { chart, workloads, deployed: { revision: current.revision, status: current.status, chart: current.chart, values } };
+  if (!PENDING_STATUSES.includes(latest.status)) {
+    return { chart, workloads, deployed: { revision: latest.revision, status: latest.status, chart: latest.chart, values: latest.values as JsonObject } };
   }
 
-  const history = await helm.history(r.name, r.namespace, ctx.signal);
-  const back = history
-    .filter((h) => h.revision < current.revision && ROLLBACK_TARGETS.includes(h.status))
-    .sort((a, b) => b.revision - a.revision)[0];
-  if (!back || current.status === 'uninstalling') {
-    return { chart, workloads, recovery: { kind: 'uninstall', status: current.status, revision: current.revision } };
+  // helm keeps each record's status label in step with the record; decode only the target.
+  const back = history.find((h) => h.revision < latest.revision && ROLLBACK_TARGETS.includes(h.status))?.decode();
+  if (!back || latest.status === 'uninstalling') {
+    return { chart, workloads, recovery: { kind: 'uninstall', status: latest.status, revision: latest.revision } };
   }
-  const values = await helm.values(r.name, r.namespace, back.revision, ctx.signal);
   return {
     chart,
     workloads,
-    recovery: { kind: 'rollback', status: current.status, revision: current.revision, toRevision: back.revision },
+    recovery: { kind: 'rollback', status: latest.status, revision: latest.revision, toRevision: back.revision },
     // A rollback deploys the old revision's chart and values as a new revision.
-    deployed: { revision: current.revision + 1, status: 'deployed', chart: back.chart, values },
+    deployed: { revision: latest.revision + 1, status: 'deployed', chart: back.chart, values: back.values as JsonObject },
   };
+}
+
+/**
+ * `helm upgrade --install`, taking over what the chart installs when it exists without any
+ * Helm ownership (left by manifests, e.g. an Argo CD installed with `kubectl apply`): helm
+ * refuses those, and only `--take-ownership` adopts them. An object another release owns is
+ * never taken: that is a conflict for the user to settle.
+ */
+async function upgradeInstall(ctx: StepContext, r: HelmReleaseSpec, opts: HelmWriteOptions): Promise<void> {
+  const { helm } = ctx.adapters;
+  try {
+    await helm.upgradeInstall(r, opts);
+    return;
+  } catch (err) {
+    const conflict = err instanceof HelmError ? ownershipConflict(err.stderr) : undefined;
+    if (!conflict) throw err;
+    if (conflict.owner) {
+      throw new Error(
+        `${releaseTarget(r)}: ${conflict.object} belongs to Helm release ${conflict.owner}; uninstall that release (or remove the object) so ${r.namespace}/${r.name} can install it`,
+        { cause: err },
+      );
+    }
+    ctx.log.warn({ object: conflict.object }, `${conflict.object} exists without Helm ownership (left by an earlier install); taking it over into ${releaseTarget(r)}`);
+  }
+  await helm.upgradeInstall(r, { ...opts, takeOwnership: true });
 }
 
 export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseHave> {
@@ -180,17 +216,18 @@ export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseH
     },
     have: readRelease,
     changes(want, have): Change[] {
-      const ops = planRelease(want, have);
+      const ops = planRelease(want, have, cfg.refuseUpgrade);
       if (ops.length > 0) return ops.map((o) => o.change);
       const d = have.deployed;
-      return [{ action: 'noop', target: releaseTarget(want.release), detail: `${d?.chart ?? chartString(have.chart)} deployed with the desired values (revision ${d?.revision ?? '?'})` }];
+      return [{ action: 'noop', target: releaseTarget(want.release), detail: `${chartString(d?.chart ?? have.chart)} deployed with the desired values (revision ${d?.revision ?? '?'})` }];
     },
     async change(ctx, changes, want, have): Promise<Outputs> {
       const r = want.release;
       const helmOpts = { timeoutMs: cfg.helmTimeoutMs, signal: ctx.signal };
       // Re-plan from the same inputs and run the operations whose change was asked for.
-      const ops = planRelease(want, have).filter((p) => changes.some((c) => isDeepStrictEqual(c, p.change)));
+      const ops = planRelease(want, have, cfg.refuseUpgrade).filter((p) => changes.some((c) => isDeepStrictEqual(c, p.change)));
       let waited = false;
+      let refused: string | undefined;
       for (const { op, change } of ops) {
         ctx.log.info({ action: change.action, target: change.target }, `${change.action} ${change.target}: ${change.detail ?? ''}`);
         switch (op.kind) {
@@ -202,7 +239,10 @@ export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseH
             break;
           case 'install':
           case 'upgrade':
-            await ctx.adapters.helm.upgradeInstall(r, helmOpts);
+            await upgradeInstall(ctx, r, helmOpts);
+            break;
+          case 'refuse':
+            refused = op.reason;
             break;
           case 'wait':
             // One wait covers every workload: they roll out in parallel.
@@ -213,6 +253,8 @@ export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseH
             break;
         }
       }
+      // Refused, not failed: what needs this release goes on against the deployed version.
+      if (refused) throw new PartialStepError(`${releaseTarget(r)}: ${refused}`, {}, undefined);
       return {};
     },
     rendered(want): Partial<Rendered> {
