@@ -54,8 +54,8 @@ export function isTransientHelmError(stderr: string): boolean {
 export interface OwnershipConflict {
   /** As helm names it: `CustomResourceDefinition "applications.argoproj.io"`. */
   object: string;
-  /** "<namespace>/<name>" of the release that owns it; undefined when no release does. */
-  owner?: string;
+  /** The release that owns it, as far as helm's message says (a field it does not name matches ours); undefined when no release does. */
+  owner?: { name?: string; namespace?: string };
 }
 
 /**
@@ -69,8 +69,8 @@ export function ownershipConflict(stderr: string): OwnershipConflict | undefined
   const name = current('release-name');
   const namespace = current('release-namespace');
   // Annotated for a release of this name but in another namespace is another release too.
-  const owner = namespace !== undefined ? `${namespace}/${name ?? '(same name)'}` : name;
-  return owner ? { object: m[1]!, owner } : { object: m[1]! };
+  if (name === undefined && namespace === undefined) return { object: m[1]! };
+  return { object: m[1]!, owner: { ...(name !== undefined ? { name } : {}), ...(namespace !== undefined ? { namespace } : {}) } };
 }
 
 let tempHome: string | undefined;

@@ -196,8 +196,9 @@ async function upgradeInstall(ctx: StepContext, r: HelmReleaseSpec, opts: HelmWr
     const conflict = err instanceof HelmError ? ownershipConflict(err.stderr) : undefined;
     if (!conflict) throw err;
     if (conflict.owner) {
+      const owner = `${conflict.owner.namespace ?? r.namespace}/${conflict.owner.name ?? r.name}`;
       throw new Error(
-        `${releaseTarget(r)}: ${conflict.object} belongs to Helm release ${conflict.owner}; uninstall that release (or remove the object) so ${r.namespace}/${r.name} can install it`,
+        `${releaseTarget(r)}: ${conflict.object} belongs to Helm release ${owner}; uninstall that release (or remove the object) so ${r.namespace}/${r.name} can install it`,
         { cause: err },
       );
     }

@@ -218,7 +218,7 @@ describe('helm failures', () => {
     assert.deepEqual(ownershipConflict(unowned), { object: 'CustomResourceDefinition "applications.argoproj.io"' });
     const owned =
       'Error: UPGRADE FAILED: Unable to continue with update: ServiceAccount "argocd-server" in namespace "argocd" exists and cannot be imported into the current release: invalid ownership metadata; annotation validation error: key "meta.helm.sh/release-name" must equal "argocd": current value is "argo-cd"';
-    assert.deepEqual(ownershipConflict(owned), { object: 'ServiceAccount "argocd-server"', owner: 'argo-cd' });
+    assert.deepEqual(ownershipConflict(owned), { object: 'ServiceAccount "argocd-server"', owner: { name: 'argo-cd' } });
     assert.equal(ownershipConflict('Error: INSTALLATION FAILED: something else'), undefined);
   });
 
