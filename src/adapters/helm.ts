@@ -20,6 +20,8 @@ export interface HelmWriteOptions {
   signal?: AbortSignal;
   /** Adopt existing objects whatever their ownership (--take-ownership, Helm >= 3.17). */
   takeOwnership?: boolean;
+  /** Server-side apply (Helm 4) overrides other field managers (--force-conflicts). */
+  forceConflicts?: boolean;
 }
 
 export interface HelmOptions {
@@ -71,6 +73,16 @@ export function ownershipConflict(stderr: string): OwnershipConflict | undefined
   // Annotated for a release of this name but in another namespace is another release too.
   if (name === undefined && namespace === undefined) return { object: m[1]! };
   return { object: m[1]!, owner: { ...(name !== undefined ? { name } : {}), ...(namespace !== undefined ? { namespace } : {}) } };
+}
+
+/**
+ * The field managers a server-side apply conflict names in a Helm 4 failure ("Apply failed with
+ * 1 conflict: conflict with \"kubectl-edit\" using apps/v1: .spec.replicas"); undefined for any
+ * other failure.
+ */
+export function applyConflicts(stderr: string): string[] | undefined {
+  if (!/Apply failed with \d+ conflicts?/.test(stderr)) return undefined;
+  return [...new Set([...stderr.matchAll(/conflicts? with "([^"]+)"/g)].map((m) => m[1]!))];
 }
 
 let tempHome: string | undefined;
@@ -176,6 +188,7 @@ export class Helm {
       '--install', '--namespace', spec.namespace, '--create-namespace',
       '--reset-values', '--values', '-', '--timeout', seconds(opts.timeoutMs),
       ...(opts.takeOwnership ? ['--take-ownership'] : []),
+      ...(opts.forceConflicts ? ['--force-conflicts'] : []),
     ];
     await this.#write(args, opts, JSON.stringify(spec.values));
   }

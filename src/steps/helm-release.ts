@@ -2,15 +2,21 @@
 // which chart, which values and what "ready" means.
 //
 // The rules (DESIGN.md, Helm):
-// - no new revision on a no-op boot: skip when the deployed chart (name-version) and the
-//   user-supplied values (`helm get values`) equal the desired ones and the release is deployed;
+// - no new revision on a no-op boot, and no helm process either: what is deployed is read from
+//   Helm's own release records (adapters/helm-storage.ts) and a local chart's Chart.yaml
+//   (adapters/chart-meta.ts); skip when the chart (name-version) and the user-supplied values
+//   equal the desired ones and the release is deployed. helm runs only to write;
 // - a killed helm leaves the release pending-*, and every later helm write fails with "another
 //   operation is in progress": roll back to the last revision that was deployed, or uninstall a
 //   release that never was, then install/upgrade as usual;
+// - objects the chart installs that exist with no Helm ownership at all (an Argo CD once
+//   installed from manifests) are taken over (--take-ownership); another release's never are;
+// - a step may refuse an upgrade (Cilium: one minor at a time); the release stays as it is and
+//   what needs it goes on;
 // - never `helm --wait` (it hangs without nodes): readiness is rollout.ts, a separate change.
 import { isDeepStrictEqual } from 'node:util';
 import type { Settings } from '../settings/schema.ts';
-import { chartLabel, HelmError, ownershipConflict, type HelmWriteOptions } from '../adapters/helm.ts';
+import { applyConflicts, chartLabel, HelmError, ownershipConflict, type HelmWriteOptions } from '../adapters/helm.ts';
 import { PartialStepError } from '../engine/errors.ts';
 import { readChartMeta, type ChartMeta } from '../adapters/chart-meta.ts';
 import { readReleaseHistory } from '../adapters/helm-storage.ts';
@@ -182,29 +188,44 @@ async function readRelease(ctx: StepContext, want: ReleaseWant): Promise<Release
 }
 
 /**
- * `helm upgrade --install`, taking over what the chart installs when it exists without any
- * Helm ownership (left by manifests, e.g. an Argo CD installed with `kubectl apply`): helm
- * refuses those, and only `--take-ownership` adopts them. An object another release owns is
- * never taken: that is a conflict for the user to settle.
+ * `helm upgrade --install`, answering the two refusals that only the owner of the release can
+ * settle, each at most once:
+ * - objects the chart installs that exist with no Helm ownership at all (left by manifests, e.g.
+ *   an Argo CD installed with `kubectl apply`): helm refuses them, `--take-ownership` adopts
+ *   them. An object another release owns is never taken: that is for the user to settle;
+ * - Helm 4 applies server-side, and a field of the release's objects that another manager
+ *   changed since (`kubectl edit`) is a conflict: the release owns it, so `--force-conflicts`
+ *   takes it back, as Helm 3's three-way merge does anyway. The log names the managers.
  */
 async function upgradeInstall(ctx: StepContext, r: HelmReleaseSpec, opts: HelmWriteOptions): Promise<void> {
   const { helm } = ctx.adapters;
-  try {
-    await helm.upgradeInstall(r, opts);
-    return;
-  } catch (err) {
-    const conflict = err instanceof HelmError ? ownershipConflict(err.stderr) : undefined;
-    if (!conflict) throw err;
-    if (conflict.owner) {
-      const owner = `${conflict.owner.namespace ?? r.namespace}/${conflict.owner.name ?? r.name}`;
-      throw new Error(
-        `${releaseTarget(r)}: ${conflict.object} belongs to Helm release ${owner}; uninstall that release (or remove the object) so ${r.namespace}/${r.name} can install it`,
-        { cause: err },
-      );
+  const flags: Pick<HelmWriteOptions, 'takeOwnership' | 'forceConflicts'> = {};
+  for (;;) {
+    try {
+      await helm.upgradeInstall(r, { ...opts, ...flags });
+      return;
+    } catch (err) {
+      if (!(err instanceof HelmError)) throw err;
+      const owned = ownershipConflict(err.stderr);
+      const fields = applyConflicts(err.stderr);
+      if (owned && !flags.takeOwnership) {
+        if (owned.owner) {
+          const owner = `${owned.owner.namespace ?? r.namespace}/${owned.owner.name ?? r.name}`;
+          throw new Error(
+            `${releaseTarget(r)}: ${owned.object} belongs to Helm release ${owner}; uninstall that release (or remove the object) so ${r.namespace}/${r.name} can install it`,
+            { cause: err },
+          );
+        }
+        ctx.log.warn({ object: owned.object }, `${owned.object} exists without Helm ownership (left by an earlier install); taking it over into ${releaseTarget(r)}`);
+        flags.takeOwnership = true;
+      } else if (fields && !flags.forceConflicts) {
+        ctx.log.warn({ managers: fields }, `${releaseTarget(r)}: ${fields.join(', ') || 'another field manager'} changed fields of the release's objects; taking them back`);
+        flags.forceConflicts = true;
+      } else {
+        throw err;
+      }
     }
-    ctx.log.warn({ object: conflict.object }, `${conflict.object} exists without Helm ownership (left by an earlier install); taking it over into ${releaseTarget(r)}`);
   }
-  await helm.upgradeInstall(r, { ...opts, takeOwnership: true });
 }
 
 export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseHave> {

@@ -143,6 +143,31 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
     assert.deepEqual([writes(again.changes), again.spawned], [[], []]);
   });
 
+  it('a field someone else changed (kubectl edit) does not block the next upgrade', async () => {
+    // Scale the operator by hand: another field manager now owns .spec.replicas.
+    await kubeJson(cp.rig, 'PATCH', '/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator?fieldManager=kubectl-edit', {
+      contentType: 'application/merge-patch+json',
+      body: { spec: { replicas: 2 } },
+    });
+    const mark = logLines.length;
+    const s = cilium('1.18.4', { hubble: { relay: { enabled: false } }, operator: { prometheus: { enabled: false } } });
+    const up = await run(ciliumStep, s);
+    assert.equal(up.changes[0]!.action, 'update');
+    assert.equal((await latest('cilium', 'kube-system')).status, 'deployed');
+    assert.equal(((await latest('cilium', 'kube-system')).values as any).operator.prometheus.enabled, false);
+    if (HELM === 'helm4') {
+      // Server-side apply conflicts with kubectl-edit; the release's owner takes the field back.
+      assert.deepEqual(up.spawned, ['upgrade', 'upgrade']);
+      assert.ok(logLines.slice(mark).some((l) => /kubectl-edit changed fields of the release's objects; taking them back/.test(l)));
+      assert.equal((await get('/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator')).spec.replicas, 1);
+    } else {
+      // Helm 3's three-way merge leaves a field the chart did not change alone.
+      assert.deepEqual(up.spawned, ['upgrade']);
+    }
+    // Back to the values the later tests start from.
+    assert.deepEqual((await run(ciliumStep, cilium('1.18.4', { hubble: { relay: { enabled: false } } }))).spawned.length > 0, true);
+  });
+
   it('1.18.4 -> 1.20.0 is refused with the version to pin; what needs Cilium still runs; nothing is written', async () => {
     const s = cilium('1.20.0', { hubble: { relay: { enabled: false } } });
     const before = helmHistory('cilium', 'kube-system').length;

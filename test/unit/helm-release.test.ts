@@ -11,7 +11,7 @@ import { planRelease, type ReleaseHave, type ReleaseWant } from '../../src/steps
 import { ciliumUpgradeRefusal } from '../../src/steps/cilium.ts';
 import { chartYamlFromTgz, ChartReadError, readChartMeta } from '../../src/adapters/chart-meta.ts';
 import { decodeReleaseSecret } from '../../src/adapters/helm-storage.ts';
-import { isTransientHelmError, ownershipConflict } from '../../src/adapters/helm.ts';
+import { applyConflicts, isTransientHelmError, ownershipConflict } from '../../src/adapters/helm.ts';
 import { isTransient, isTransientMessage, TransientError } from '../../src/engine/errors.ts';
 
 const sharedCharts = resolve(process.env.HB_SHARED_DIR ?? resolve(repoRoot, '..', 'shared'), 'charts');
@@ -220,6 +220,18 @@ describe('helm failures', () => {
       'Error: UPGRADE FAILED: Unable to continue with update: ServiceAccount "argocd-server" in namespace "argocd" exists and cannot be imported into the current release: invalid ownership metadata; annotation validation error: key "meta.helm.sh/release-name" must equal "argocd": current value is "argo-cd"';
     assert.deepEqual(ownershipConflict(owned), { object: 'ServiceAccount "argocd-server"', owner: { name: 'argo-cd' } });
     assert.equal(ownershipConflict('Error: INSTALLATION FAILED: something else'), undefined);
+  });
+
+  it('names the field managers of a server-side apply conflict (Helm 4)', () => {
+    assert.deepEqual(
+      applyConflicts('Error: UPGRADE FAILED: failed to update resource: Apply failed with 1 conflict: conflict with "kubectl-edit" using apps/v1: .spec.replicas'),
+      ['kubectl-edit'],
+    );
+    assert.deepEqual(
+      applyConflicts('Error: UPGRADE FAILED: Apply failed with 3 conflicts: conflicts with "kubectl-edit" using v1:\n- .data.a\n- .data.b\nconflicts with "other" using v1:\n- .data.c'),
+      ['kubectl-edit', 'other'],
+    );
+    assert.equal(applyConflicts('Error: UPGRADE FAILED: something else'), undefined);
   });
 
   it('an apiserver restart mid-install is transient: unexpected EOF and its siblings', () => {
