@@ -188,7 +188,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
       rendered: () => ({}),
     };
     shim.reset();
-    const reports = await runSteps([ciliumStep, dependent], { mode: 'apply', settings: s, log, context: (_st, _up, signal) => context(s, signal) });
+    const reports = await runSteps([{ ...ciliumStep, needs: [] }, dependent], { mode: 'apply', settings: s, log, context: (_st, _up, signal) => context(s, signal) });
     assert.equal(reports[0]!.outcome, 'failed');
     assert.match(reports[0]!.error ?? '', /HelmRelease kube-system\/cilium: refusing to upgrade Cilium from 1\.18\.4 to 1\.20\.0.*pin cilium\.chart\.version .* to 1\.19\.x first/);
     assert.equal(reports[0]!.attempts, 1, 'a refusal is not retried');
@@ -244,7 +244,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
     assert.deepEqual([writes(again.changes), again.spawned], [[], []]);
   });
 
-  it('an apiserver restart in the middle of helm install is retried and converges', async () => {
+  it('an apiserver restart in the middle of helm install is retried and converges', async (t) => {
     const s = settings();
     // A fresh release, so the interrupted operation is an install of the real chart (its big
     // CRDs make the install last long enough to be cut in the middle).
@@ -270,7 +270,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
       }
     })();
     const mark = logLines.length;
-    const reports = await runSteps([argocdStep], {
+    const reports = await runSteps([{ ...argocdStep, needs: [] }], {
       mode: 'apply',
       settings: s,
       log,
@@ -282,6 +282,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
     assert.equal(reports[0]!.outcome, 'changed', reports[0]!.error);
     assert.ok(reports[0]!.attempts >= 2, `retried (${reports[0]!.attempts} attempts)`);
     const retried = logLines.slice(mark).filter((l) => l.includes('attempt 1 failed'));
+    t.diagnostic(`helm's failure: ${(JSON.parse(retried[0] ?? '{}') as { err?: string }).err?.slice(0, 300)}`);
     assert.match(retried.join('\n'), /helm upgrade: .*(unexpected EOF|EOF|connection refused|connection reset by peer|http2: client connection lost|i\/o timeout|TLS handshake timeout|Kubernetes cluster unreachable)/);
     assert.equal(helmHistory('argocd', 'argocd').at(-1)!.status, 'deployed');
     assert.deepEqual((await run(argocdStep, s)).spawned, [], 'converged: the next run is a no-op');
