@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
+import { parseAllDocuments } from 'yaml';
 import { isTransientMessage, TransientError } from '../engine/errors.ts';
 import type { ChartRef } from '../settings/schema.ts';
 import type { HelmReleaseSpec } from '../steps/types.ts';
@@ -83,6 +84,26 @@ export function ownershipConflict(stderr: string): OwnershipConflict | undefined
 export function applyConflicts(stderr: string): string[] | undefined {
   if (!/Apply failed with \d+ conflicts?/.test(stderr)) return undefined;
   return [...new Set([...stderr.matchAll(/conflicts? with "([^"]+)"/g)].map((m) => m[1]!))];
+}
+
+/** An object of a rendered chart, by identity. */
+export interface ManifestObject {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  /** The release namespace for namespaced objects that name none; cluster-scoped ones ignore it. */
+  namespace: string;
+}
+
+/** The objects of a multi-document manifest (helm's output), without their bodies. */
+export function manifestObjects(manifest: string, defaultNamespace: string): ManifestObject[] {
+  const out: ManifestObject[] = [];
+  for (const doc of parseAllDocuments(manifest)) {
+    const o = doc.toJS() as { apiVersion?: unknown; kind?: unknown; metadata?: { name?: unknown; namespace?: unknown } } | null;
+    if (!o || typeof o.apiVersion !== 'string' || typeof o.kind !== 'string' || typeof o.metadata?.name !== 'string') continue;
+    out.push({ apiVersion: o.apiVersion, kind: o.kind, name: o.metadata.name, namespace: typeof o.metadata.namespace === 'string' ? o.metadata.namespace : defaultNamespace });
+  }
+  return out;
 }
 
 let tempHome: string | undefined;
@@ -195,6 +216,12 @@ export class Helm {
 
   async rollback(name: string, namespace: string, revision: number, opts: HelmWriteOptions): Promise<void> {
     await this.#write(['rollback', name, String(revision), '--namespace', namespace, '--timeout', seconds(opts.timeoutMs)], opts);
+  }
+
+  /** What the chart would install with these values (`helm template`, no cluster contacted). */
+  async template(spec: HelmReleaseSpec, signal?: AbortSignal): Promise<ManifestObject[]> {
+    const args = ['template', spec.name, ...chartArgs(spec.chart), '--namespace', spec.namespace, '--values', '-'];
+    return manifestObjects(await this.#run(args, { input: JSON.stringify(spec.values), signal, cluster: false }), spec.namespace);
   }
 
   async uninstall(name: string, namespace: string, opts: HelmWriteOptions): Promise<void> {

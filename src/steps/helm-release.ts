@@ -216,6 +216,15 @@ async function upgradeInstall(ctx: StepContext, r: HelmReleaseSpec, opts: HelmWr
             { cause: err },
           );
         }
+        // --take-ownership skips helm's check for every object, and helm names only the first
+        // it refused: make sure no other object of the chart belongs to another release.
+        const foreign = await ownedElsewhere(ctx, r);
+        if (foreign.length > 0) {
+          throw new Error(
+            `${releaseTarget(r)}: ${owned.object} exists without Helm ownership, but ${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ` and ${foreign.length - 5} more` : ''} belong to other Helm releases; uninstall those (or remove the objects) so ${r.namespace}/${r.name} can take the rest over`,
+            { cause: err },
+          );
+        }
         ctx.log.warn({ object: owned.object }, `${owned.object} exists without Helm ownership (left by an earlier install); taking it over into ${releaseTarget(r)}`);
         flags.takeOwnership = true;
       } else if (fields && !flags.forceConflicts) {
@@ -226,6 +235,22 @@ async function upgradeInstall(ctx: StepContext, r: HelmReleaseSpec, opts: HelmWr
       }
     }
   }
+}
+
+/** The chart's objects that exist and carry another release's Helm ownership, readable. */
+async function ownedElsewhere(ctx: StepContext, r: HelmReleaseSpec): Promise<string[]> {
+  const objects = await ctx.adapters.helm.template(r, ctx.signal);
+  const found: string[] = [];
+  for (const o of objects) {
+    const have = await ctx.adapters.kube.get(o.apiVersion, o.kind, o.name, o.namespace);
+    const a = have?.metadata.annotations ?? {};
+    const name = a['meta.helm.sh/release-name'];
+    const namespace = a['meta.helm.sh/release-namespace'];
+    if ((name !== undefined && name !== r.name) || (namespace !== undefined && namespace !== r.namespace)) {
+      found.push(`${o.kind} ${have!.metadata.namespace ? `${have!.metadata.namespace}/` : ''}${o.name} (release ${namespace ?? r.namespace}/${name ?? r.name})`);
+    }
+  }
+  return found;
 }
 
 export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseHave> {

@@ -225,12 +225,32 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
     for (const n of ARGOCD_CRDS) assert.equal((await get(crdPath(n))).metadata.annotations['meta.helm.sh/release-name'], 'old-argo', `${n} kept its owner`);
     assert.equal((await readReleaseHistory(context(settings()).adapters.kube, 'argocd', 'argocd')).length, 0, 'nothing installed');
 
-    // Left by manifests (no Helm metadata at all): taken over.
+    // The CRDs left by manifests, but a Service of the chart another release owns: helm names
+    // only the first object it refuses, so the daemon looks at the rest before taking over.
     await annotate({ 'meta.helm.sh/release-name': null, 'meta.helm.sh/release-namespace': null });
+    await kubeJson(cp.rig, 'POST', '/api/v1/namespaces', { body: { metadata: { name: 'argocd' } }, allow: [409] });
+    const service = {
+      metadata: {
+        name: 'argocd-server',
+        namespace: 'argocd',
+        labels: { 'app.kubernetes.io/managed-by': 'Helm' },
+        annotations: { 'meta.helm.sh/release-name': 'old-argo', 'meta.helm.sh/release-namespace': 'argocd' },
+      },
+      spec: { ports: [{ port: 80 }] },
+    };
+    await kubeJson(cp.rig, 'POST', '/api/v1/namespaces/argocd/services', { body: service });
+    await assert.rejects(
+      run(argocdStep, settings()),
+      /CustomResourceDefinition "[a-z.]+argoproj\.io" exists without Helm ownership, but Service argocd\/argocd-server \(release argocd\/old-argo\) belong to other Helm releases/,
+    );
+    for (const n of ARGOCD_CRDS) assert.equal((await get(crdPath(n))).metadata.annotations?.['meta.helm.sh/release-name'], undefined, `${n} not taken`);
+    await kubeJson(cp.rig, 'DELETE', '/api/v1/namespaces/argocd/services/argocd-server');
+
+    // Left by manifests (no Helm metadata at all), nothing of another release: taken over.
     const mark = logLines.length;
     const first = await run(argocdStep, settings());
     assert.deepEqual(first.changes.map((c) => [c.action, c.target]), [['create', 'HelmRelease argocd/argocd']]);
-    assert.deepEqual(first.spawned, ['upgrade', 'upgrade'], 'refused once, then installed with --take-ownership');
+    assert.deepEqual(first.spawned, ['upgrade', 'template', 'upgrade'], 'refused once, the chart checked for objects of other releases, then installed with --take-ownership');
     assert.ok(logLines.slice(mark).some((l) => /exists without Helm ownership.*taking it over into HelmRelease argocd\/argocd/.test(l)));
     for (const n of ARGOCD_CRDS) {
       const crd = await get(crdPath(n));

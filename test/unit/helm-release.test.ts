@@ -11,7 +11,7 @@ import { planRelease, type ReleaseHave, type ReleaseWant } from '../../src/steps
 import { ciliumUpgradeRefusal } from '../../src/steps/cilium.ts';
 import { chartYamlFromTgz, ChartReadError, readChartMeta } from '../../src/adapters/chart-meta.ts';
 import { decodeReleaseSecret } from '../../src/adapters/helm-storage.ts';
-import { applyConflicts, isTransientHelmError, ownershipConflict } from '../../src/adapters/helm.ts';
+import { applyConflicts, isTransientHelmError, manifestObjects, ownershipConflict } from '../../src/adapters/helm.ts';
 import { isTransient, isTransientMessage, TransientError } from '../../src/engine/errors.ts';
 
 const sharedCharts = resolve(process.env.HB_SHARED_DIR ?? resolve(repoRoot, '..', 'shared'), 'charts');
@@ -220,6 +220,15 @@ describe('helm failures', () => {
       'Error: UPGRADE FAILED: Unable to continue with update: ServiceAccount "argocd-server" in namespace "argocd" exists and cannot be imported into the current release: invalid ownership metadata; annotation validation error: key "meta.helm.sh/release-name" must equal "argocd": current value is "argo-cd"';
     assert.deepEqual(ownershipConflict(owned), { object: 'ServiceAccount "argocd-server"', owner: { name: 'argo-cd' } });
     assert.equal(ownershipConflict('Error: INSTALLATION FAILED: something else'), undefined);
+  });
+
+  it('lists the objects of a rendered manifest, namespaced ones in the release namespace unless they name one', () => {
+    const manifest = '---\n# Source: x/templates/a.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: b.example.org\n---\n# empty\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: c\n  namespace: other\n';
+    assert.deepEqual(manifestObjects(manifest, 'argocd'), [
+      { apiVersion: 'v1', kind: 'ConfigMap', name: 'a', namespace: 'argocd' },
+      { apiVersion: 'apiextensions.k8s.io/v1', kind: 'CustomResourceDefinition', name: 'b.example.org', namespace: 'argocd' },
+      { apiVersion: 'v1', kind: 'Service', name: 'c', namespace: 'other' },
+    ]);
   });
 
   it('names the field managers of a server-side apply conflict (Helm 4)', () => {
