@@ -22,6 +22,23 @@
         "apiTokenFile"
       ];
     }
+    {
+      name = "git-repo-credential";
+      setting = [
+        "gitops"
+        "repoCredentialFile"
+      ];
+    }
+  ];
+
+  # The credentials the reconcile unit (`apply --only tunnel --only dns`) is given; the main
+  # unit gets every credential that is set. The tunnel and DNS steps call Cloudflare with the
+  # API token (src/adapters/cloudflare.ts); the tunnel step writes Secret
+  # cloudflared/tunnel-token and `apply` takes the bootstrap Lease, both with the kubeconfig
+  # (src/steps/tunnel.ts, src/cli.ts). Neither reads the age key nor the git credential.
+  reconcileCredentials = [
+    "kubeconfig"
+    "cloudflare-api-token"
   ];
 
   # Step names `apply --only` accepts (src/steps/types.ts STEP_NAMES).
@@ -46,6 +63,12 @@
 
   # `apply` exit status when another run holds the lock (src/cli.ts EXIT.locked).
   lockedExitStatus = 75;
+
+  # `apply` exit status when everything converged except DNS records that collide with records
+  # this install does not own (reported, left alone until the user decides). The reconcile unit
+  # counts it as success, so a conflict waiting for the user does not mark it failed every
+  # 15 minutes. Keep it equal to the daemon's exit code for that case (src/cli.ts EXIT).
+  dnsConflictsExitStatus = 4;
 
   stateDirectory = "homelab-bootstrap";
 }

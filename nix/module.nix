@@ -44,7 +44,6 @@ let
   chartType = types.nullOr (types.either types.package types.path);
 
   sopsImported = options ? sops && options.sops ? age && options.sops.age ? keyFile;
-  sopsKeyFile = if sopsImported then config.sops.age.keyFile else null;
 
   # What the daemon reads: unset options dropped, so its own defaults apply.
   settingsValue = settingsModel.clean cfg.settings;
@@ -80,13 +79,21 @@ let
       path = lib.attrByPath c.setting null settingsValue;
     }) contract.credentials
   );
+  # Each unit gets only the credentials its steps read.
+  loadCredential =
+    names: map (c: "${c.name}:${c.path}") (lib.filter (c: names == null || lib.elem c.name names) credentialSources);
 
   exe = lib.getExe cfg.package;
   logArgs = lib.optionalString (cfg.logLevel != null) " --log-level ${cfg.logLevel}";
 
   k3sEnabled = config.services.k3s.enable or false;
-  sopsUnit = lib.optional (config.systemd.services ? sops-install-secrets) "sops-install-secrets.service";
-  dependencies = [ "network-online.target" ] ++ lib.optional k3sEnabled "k3s.service" ++ sopsUnit;
+  # sops-nix runs sops-install-secrets.service only on sysusers/userborn systems (elsewhere it
+  # is an activation script, done before any unit starts). Ordering after a unit that does not
+  # exist is harmless, so it is listed unconditionally: asking whether it exists would force
+  # the names of every systemd.services definition, and any of them depending on this unit
+  # would recurse.
+  dependencies = [ "network-online.target" ] ++ lib.optional k3sEnabled "k3s.service";
+  after = dependencies ++ [ "sops-install-secrets.service" ];
 
   # As tight as Node 24 and helm should tolerate; only the VM test proves it (it runs both
   # under exactly this). Left out, with the reason:
@@ -105,7 +112,6 @@ let
     StateDirectory = contract.stateDirectory;
     StateDirectoryMode = "0700";
     UMask = "0077";
-    LoadCredential = map (c: "${c.name}:${c.path}") credentialSources;
 
     NotifyAccess = "all";
     NoNewPrivileges = true;
@@ -157,12 +163,39 @@ let
     HOME = "/var/lib/${contract.stateDirectory}";
   };
 
-  # k3s flags, split into words whether extraFlags is a string or a list.
-  k3sTokens =
-    let
-      raw = lib.flatten [ (config.services.k3s.extraFlags or [ ]) ];
-    in
-    lib.concatMap (s: lib.filter (w: builtins.isString w && w != "") (builtins.split "[[:space:]]+" s)) raw;
+  k3s = config.services.k3s;
+  # The flags homelab-bootstrap needs, as k3s config keys. They go into a config drop-in, not
+  # into services.k3s.extraFlags: that option is a string or a list, and a list added here
+  # cannot merge with the string most configurations use (nixpkgs' error names neither side).
+  # k3s reads <config>.d/*.yaml after <config>, and command-line flags last, so the user's
+  # extraFlags still win (the assertions below catch the contradicting ones).
+  k3sFlags = {
+    flannel-backend = "none";
+    disable-network-policy = true;
+    disable-kube-proxy = true;
+  };
+  # Without --config (services.k3s.configPath), k3s reads /etc/rancher/k3s/config.yaml.d/.
+  # With one, it reads that file's .d directory, which the module can only fill when it is
+  # under /etc; anywhere else (the store) the flags go on the command line instead.
+  k3sConfigPath = if (k3s.configPath or null) == null then null else toString k3s.configPath;
+  k3sDropInDir =
+    if k3sConfigPath == null then
+      "rancher/k3s/config.yaml.d"
+    else if lib.hasPrefix "/etc/" k3sConfigPath then
+      "${lib.removePrefix "/etc/" k3sConfigPath}.d"
+    else
+      null;
+  k3sFlagsAsArgs = lib.mapAttrsToList (
+    k: v: if v == true then "--${k}" else "--${k}=${toString v}"
+  ) k3sFlags;
+
+  # The user's k3s flags, split into words whether extraFlags is a string or a list. Read from
+  # the option's definitions, not its merged value: with a string and a list both defined the
+  # merged value is a type error, and the assertion that explains it must be able to run.
+  k3sFlagDefinitions = options.services.k3s.extraFlags.definitions or [ ];
+  k3sTokens = lib.concatMap (
+    s: lib.filter (w: builtins.isString w && w != "") (builtins.split "[[:space:]]+" s)
+  ) (lib.flatten k3sFlagDefinitions);
   # Values given to a flag as `--flag=value` or `--flag value`.
   flagValues =
     flag:
@@ -185,22 +218,74 @@ let
   hasFlag = flag: lib.any (t: t == flag || lib.hasPrefix "${flag}=" t) k3sTokens;
   isFalse = v: lib.elem (lib.toLower v) [ "false" "0" "f" ];
 
-  # Ports of a k3s server running Cilium (kube-proxy replacement, VXLAN, Hubble, metrics).
-  k3sTCPPorts = [
-    6443 # Kubernetes API (kubectl, agents joining)
-    10250 # kubelet (metrics-server, logs/exec)
-    4240 # cilium-health
-    4244 # Hubble server, read by hubble-relay
-    9962 # cilium-agent metrics
-    9963 # cilium-operator metrics
-    9964 # cilium-envoy metrics
-    9965 # Hubble metrics
-    80 # Cilium shared ingress on the L2-announced VIP (Envoy receives it in the host stack)
-    443
+  # The pod network: k3s' --cluster-cidr (Cilium takes each node's podCIDR from it, ipam
+  # mode "kubernetes"), default 10.42.0.0/16.
+  clusterCIDRs =
+    let
+      given = flagValues "--cluster-cidr";
+    in
+    if given == [ ] then [ "10.42.0.0/16" ] else lib.splitString "," (lib.last given);
+
+  # Firewall, least privilege. See the openFirewall option for who needs each port.
+  fwCfg = cfg.k3s.firewall;
+  nftables = config.networking.nftables.enable or false;
+  firewallBackend =
+    config.networking.firewall.backend or (if nftables then "nftables" else "iptables");
+  lanTCPPorts =
+    [
+      80
+      443
+    ]
+    ++ lib.optional (fwCfg.apiFromLAN || fwCfg.multiNode) 6443
+    ++ lib.optionals fwCfg.multiNode [
+      10250
+      4240
+    ];
+  lanUDPPorts = lib.optional fwCfg.multiNode 8472;
+  podTCPPorts = [
+    6443
+    10250
+    4240
+    4244
+    9100
+    9962
+    9963
+    9964
+    9965
   ];
-  k3sUDPPorts = [
-    8472 # VXLAN between nodes
-  ];
+  isIPv6 = lib.hasInfix ":";
+  podPortList = lib.concatMapStringsSep "," toString podTCPPorts;
+  podRulesIptables = lib.concatMapStrings (cidr: ''
+    ${if isIPv6 cidr then "ip6tables" else "iptables"} -A nixos-fw -s ${cidr} -p tcp -m multiport --dports ${podPortList} -j nixos-fw-accept
+  '') fwCfg.podCIDRs;
+  podRulesNftables = lib.concatMapStrings (cidr: ''
+    ${if isIPv6 cidr then "ip6" else "ip"} saddr ${cidr} tcp dport { ${lib.concatMapStringsSep ", " toString podTCPPorts} } accept
+  '') fwCfg.podCIDRs;
+
+  # Kernel modules Cilium's agent expects loaded: it runs in a container and cannot modprobe
+  # on NixOS (no /lib/modules there), and without them its proxy and masquerading rules go
+  # missing. Cilium's image picks iptables-legacy or iptables-nft to match the host's rules.
+  # xt_socket (transparent proxy, both modes) is always loaded; the legacy tables only when
+  # nftables is off (NixOS' nftables module blacklists ip_tables); with nftables, the nf_tables
+  # core and nft_compat, through which iptables-nft runs Cilium's xt matches.
+  ciliumKernelModules =
+    [ "xt_socket" ]
+    ++ (
+      if nftables then
+        [
+          "nf_tables"
+          "nft_compat"
+        ]
+      else
+        [
+          "ip_tables"
+          "ip6_tables"
+          "iptable_filter"
+          "iptable_nat"
+          "iptable_mangle"
+          "iptable_raw"
+        ]
+    );
 in
 {
   options.services.homelab-bootstrap = {
@@ -247,10 +332,12 @@ in
         rejected by the daemon if it does not know them either.
 
         Never put a secret here: the store is world-readable. The credential fields
-        (`kubeconfigFile`, `sops.ageKeyFile`, `cloudflare.apiTokenFile`) hold paths and are
-        set from [](#opt-services.homelab-bootstrap.kubeconfigFile),
-        [](#opt-services.homelab-bootstrap.ageKeyFile) and
-        [](#opt-services.homelab-bootstrap.cloudflare.apiTokenFile).
+        (`kubeconfigFile`, `sops.ageKeyFile`, `cloudflare.apiTokenFile`,
+        `gitops.repoCredentialFile`) hold paths and are set from
+        [](#opt-services.homelab-bootstrap.kubeconfigFile),
+        [](#opt-services.homelab-bootstrap.ageKeyFile),
+        [](#opt-services.homelab-bootstrap.cloudflare.apiTokenFile) and
+        [](#opt-services.homelab-bootstrap.gitops.repoCredentialFile).
       '';
     };
 
@@ -264,13 +351,18 @@ in
     };
 
     ageKeyFile = mkOption {
-      type = secretPath;
-      default = if sopsKeyFile != null then sopsKeyFile else "/var/lib/sops-nix/keys.txt";
-      defaultText = literalMD "`config.sops.age.keyFile` when sops-nix is imported and sets it, else `\"/var/lib/sops-nix/keys.txt\"`";
+      type = types.nullOr secretPath;
+      # With sops-nix imported its key is the default, also when it is null (SSH host keys
+      # only): falling back to a file nobody wrote would fail every start; the assertion below
+      # says what to set instead.
+      default = if sopsImported then config.sops.age.keyFile else "/var/lib/sops-nix/keys.txt";
+      defaultText = literalMD "`config.sops.age.keyFile` when sops-nix is imported, else `\"/var/lib/sops-nix/keys.txt\"`";
       example = "/var/lib/sops-nix/key.txt";
       description = ''
         The host's age identity, stored in the cluster as Secret `argocd/sops-age-key` so
-        ksops can decrypt the GitOps tree. Passed with `LoadCredential=`.
+        ksops can decrypt the GitOps tree. Passed with `LoadCredential=`, to the main unit only.
+        Required: with sops-nix decrypting through SSH host keys only
+        (`sops.age.keyFile = null`) there is no age key file to default to.
       '';
     };
 
@@ -283,6 +375,19 @@ in
         Zone › DNS › Edit, Zone › Zone › Read), for example a sops-nix secret's `path`.
         Setting it enables the tunnel and DNS steps together with
         `settings.cloudflare.accountId`. Passed with `LoadCredential=`.
+      '';
+    };
+
+    gitops.repoCredentialFile = mkOption {
+      type = types.nullOr secretPath;
+      default = null;
+      example = "/run/secrets/gitops-repo-token";
+      description = ''
+        File holding the credential for a private `settings.gitops.repoURL`: an HTTPS token
+        (with `settings.gitops.repoUsername`, default `git`) or an SSH private key, for example
+        a sops-nix secret's `path`. The daemon turns it into Argo CD's repository Secret; it
+        never enters the store. Sets `settings.gitops.repoCredentialFile`. Passed with
+        `LoadCredential=`, to the main unit only.
       '';
     };
 
@@ -358,9 +463,11 @@ in
         description = "Time between the end of one reconcile run and the start of the next (a systemd time span).";
       };
       steps = mkOption {
-        type = types.listOf (types.enum contract.steps);
+        # Only these: the reconcile unit holds just the credentials they read (the other steps
+        # need the age key); restart homelab-bootstrap.service to re-run everything.
+        type = types.listOf (types.enum contract.reconcileSteps);
         default = contract.reconcileSteps;
-        description = "Steps the timer re-runs (`apply --only …`).";
+        description = "Steps the timer re-runs (`apply --only …`): the tunnel, DNS or both.";
       };
     };
 
@@ -369,22 +476,68 @@ in
         type = types.bool;
         default = true;
         description = ''
-          Enable a k3s server configured for Cilium: `--flannel-backend=none`,
-          `--disable-network-policy`, `--disable-kube-proxy` (Cilium replaces kube-proxy),
-          `servicelb` and `traefik` disabled (Cilium announces LoadBalancer IPs and serves
-          Ingress), the kubeconfig left root-only, the firewall's reverse-path filter set to
-          `loose` (strict drops Cilium's traffic) and the kernel modules Cilium's iptables
-          rules use loaded. Contradicting k3s flags fail evaluation. Turn off when k3s is
-          managed elsewhere.
+          Enable a k3s server configured for Cilium: `flannel-backend: none`,
+          `disable-network-policy`, `disable-kube-proxy` (Cilium replaces kube-proxy) in the
+          config drop-in `/etc/rancher/k3s/config.yaml.d/50-homelab-bootstrap.yaml` (so
+          `services.k3s.extraFlags` can be a string or a list), `servicelb` and `traefik`
+          disabled (Cilium announces LoadBalancer IPs and serves Ingress), the kubeconfig left
+          root-only, the firewall's reverse-path filter set to `loose` (strict drops Cilium's
+          traffic) unless the kernel has no rpfilter support, and the kernel modules Cilium's
+          iptables rules use loaded (the legacy `ip_tables` family only without nftables).
+          Contradicting k3s flags fail evaluation. Turn off when k3s is managed elsewhere.
         '';
       };
       openFirewall = mkOption {
         type = types.bool;
         default = true;
         description = ''
-          Open the ports a k3s server with Cilium needs: TCP ${lib.concatMapStringsSep ", " toString k3sTCPPorts},
-          UDP ${lib.concatMapStringsSep ", " toString k3sUDPPorts}. The firewall stays on.
+          Open what one k3s server with Cilium needs, and no more; the firewall stays on.
+          From everywhere (the LAN):
+          - TCP 80, 443: Cilium's shared Ingress on the L2-announced VIP; its Envoy receives
+            the connections in the host's network stack, so the host's firewall sees them.
+          - TCP 6443 (Kubernetes API) only with `k3s.firewall.apiFromLAN` (kubectl from another
+            machine) or `k3s.firewall.multiNode`.
+          From the pod network only (`k3s.firewall.podCIDRs`), as these serve pods on the host:
+          - TCP 6443: in-cluster clients (Argo CD, the kubernetes Service) reach the API there.
+          - TCP 10250: kubelet, read by metrics-server and Prometheus.
+          - TCP 4240: cilium-health probes from the health endpoint.
+          - TCP 4244: the Hubble server, read by hubble-relay.
+          - TCP 9100: node-exporter (host network), scraped by Prometheus.
+          - TCP 9962, 9963, 9964: cilium-agent, cilium-operator and cilium-envoy metrics.
+          - TCP 9965: Hubble metrics.
+          The metrics ports are unauthenticated, so they are never open to the LAN.
+          With `k3s.firewall.multiNode`, also from the LAN: TCP 6443 (joining nodes), 10250
+          (the API server on another node reaching this kubelet), 4240 (health between nodes),
+          UDP 8472 (Cilium's VXLAN between nodes).
+          Works with the iptables and the nftables firewall (not firewalld).
         '';
+      };
+      firewall = {
+        apiFromLAN = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Open the Kubernetes API (TCP 6443) to the LAN, for kubectl from another machine.
+            Off by default: the admin kubeconfig stays on the host, where kubectl works
+            locally (or through `ssh -L 6443:127.0.0.1:6443`).
+          '';
+        };
+        multiNode = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Open what other k3s nodes need from this server: TCP 6443, 10250, 4240 and UDP 8472
+            (VXLAN) from the LAN. Embedded etcd between servers (TCP 2379-2380) is not opened;
+            add it to `networking.firewall` when running several servers.
+          '';
+        };
+        podCIDRs = mkOption {
+          type = types.listOf types.str;
+          default = clusterCIDRs;
+          defaultText = literalMD "the `--cluster-cidr` of `services.k3s.extraFlags`, else `[ \"10.42.0.0/16\" ]` (k3s' default)";
+          example = [ "10.42.0.0/16" ];
+          description = "The pod network, the only source allowed to reach the host's metrics, kubelet and Hubble ports.";
+        };
       };
     };
   };
@@ -393,9 +546,12 @@ in
     {
       services.homelab-bootstrap.settings = {
         kubeconfigFile = cfg.kubeconfigFile;
-        sops.ageKeyFile = cfg.ageKeyFile;
+        sops.ageKeyFile = mkIf (cfg.ageKeyFile != null) cfg.ageKeyFile;
         cloudflare = mkIf (cfg.cloudflare.apiTokenFile != null) {
           apiTokenFile = cfg.cloudflare.apiTokenFile;
+        };
+        gitops = mkIf (cfg.gitops.repoCredentialFile != null) {
+          repoCredentialFile = cfg.gitops.repoCredentialFile;
         };
         cilium = mkIf (cfg.charts.cilium != null) { chart.path = "${cfg.charts.cilium}"; };
         argocd = mkIf (cfg.charts.argocd != null) { chart.path = "${cfg.charts.argocd}"; };
@@ -408,6 +564,14 @@ in
             cfg.settings.cloudflare != null
             -> (builtins.tryEval cfg.settings.cloudflare.apiTokenFile).success;
           message = "services.homelab-bootstrap: settings.cloudflare is set, so set services.homelab-bootstrap.cloudflare.apiTokenFile too.";
+        }
+        {
+          assertion = cfg.ageKeyFile != null;
+          message = ''
+            services.homelab-bootstrap: no age key file. sops-nix is imported with sops.age.keyFile = null
+            (it decrypts with the SSH host keys only), so there is no age identity to hand to ksops.
+            Set services.homelab-bootstrap.ageKeyFile to the file holding the age identity the GitOps
+            tree is encrypted to (for example a sops-nix secret's path), or set sops.age.keyFile.'';
         }
       ]
       ++ map
@@ -432,8 +596,7 @@ in
         description = "Bootstrap the k3s homelab: Cilium, Argo CD, age key, Cloudflare, root ApplicationSet";
         wantedBy = [ "multi-user.target" ];
         wants = dependencies;
-        after = dependencies;
-        inherit environment;
+        inherit after environment;
         restartIfChanged = true;
         # Keep retrying while k3s or Cloudflare are down; the delay below is what is bounded.
         startLimitIntervalSec = 0;
@@ -441,6 +604,11 @@ in
           Type = "exec";
           RemainAfterExit = true;
           ExecStart = "${exe} apply --config ${settingsFile}${logArgs}";
+          # Every step runs here, so every credential that is set.
+          LoadCredential = loadCredential null;
+          # Converged, except DNS conflicts the daemon reported and leaves to the user: retrying
+          # would change nothing, so it is no failure (the reconcile timer reports it again).
+          SuccessExitStatus = [ contract.dnsConflictsExitStatus ];
           # 10 s, growing over 6 attempts to at most 5 min between attempts.
           Restart = "on-failure";
           RestartSec = "10s";
@@ -459,6 +627,7 @@ in
         after = [
           "network-online.target"
           "homelab-bootstrap.service"
+          "sops-install-secrets.service"
         ];
         inherit environment;
         restartIfChanged = false;
@@ -467,8 +636,14 @@ in
           ExecStart = "${exe} apply --config ${settingsFile}${
             lib.concatMapStrings (s: " --only ${s}") cfg.reconcile.steps
           }${logArgs}";
-          # Another run holds the lock: the main unit is converging everything right now.
-          SuccessExitStatus = [ contract.lockedExitStatus ];
+          # Only what the tunnel and DNS steps read: not the age key, not the git credential.
+          LoadCredential = loadCredential contract.reconcileCredentials;
+          SuccessExitStatus = [
+            # Another run holds the lock: the main unit is converging everything right now.
+            contract.lockedExitStatus
+            # Converged, except DNS conflicts the daemon reported and leaves to the user.
+            contract.dnsConflictsExitStatus
+          ];
           TimeoutStartSec = "15min";
         };
       };
@@ -487,34 +662,34 @@ in
       services.k3s = {
         enable = mkDefault true;
         role = mkDefault "server";
-        extraFlags = [
-          "--flannel-backend=none"
-          "--disable-network-policy"
-          "--disable-kube-proxy"
-        ];
+        # Command-line flags only when no config drop-in can carry them (see k3sDropInDir).
+        extraFlags = mkIf (k3sDropInDir == null) k3sFlagsAsArgs;
         disable = [
           "servicelb"
           "traefik"
         ];
       };
-
-      networking.firewall = {
-        checkReversePath = mkDefault "loose";
-        allowedTCPPorts = mkIf cfg.k3s.openFirewall k3sTCPPorts;
-        allowedUDPPorts = mkIf cfg.k3s.openFirewall k3sUDPPorts;
+      # JSON is YAML; k3s reads `key: value` pairs as `--key=value`.
+      environment.etc = mkIf (k3sDropInDir != null) {
+        "${k3sDropInDir}/50-homelab-bootstrap.yaml".text = builtins.toJSON k3sFlags;
       };
 
-      # Cilium's agent runs in a container and cannot modprobe on NixOS (no /lib/modules);
-      # without these its proxy and masquerading rules silently go missing.
-      boot.kernelModules = [
-        "ip_tables"
-        "ip6_tables"
-        "iptable_filter"
-        "iptable_nat"
-        "iptable_mangle"
-        "iptable_raw"
-        "xt_socket"
+      networking.firewall = mkMerge [
+        {
+          # Below mkDefault (1000), above the option default: the firewall module's own
+          # `mkDefault false` on kernels without rpfilter support wins (no reverse-path filter at
+          # all suits Cilium too), and so does any value the user sets.
+          checkReversePath = lib.mkOverride 1100 "loose";
+        }
+        (mkIf cfg.k3s.openFirewall {
+          allowedTCPPorts = lanTCPPorts;
+          allowedUDPPorts = lanUDPPorts;
+          extraCommands = mkIf (firewallBackend == "iptables") podRulesIptables;
+          extraInputRules = mkIf (firewallBackend == "nftables") podRulesNftables;
+        })
       ];
+
+      boot.kernelModules = ciliumKernelModules;
 
       assertions = [
         {
@@ -526,10 +701,14 @@ in
           message = "services.homelab-bootstrap needs a k3s server on this host (services.k3s.role = \"server\"): only servers write ${cfg.kubeconfigFile}.";
         }
         {
+          assertion = k3sDropInDir == null -> !lib.any builtins.isString k3sFlagDefinitions;
+          message = "services.k3s.extraFlags is a string, and services.k3s.configPath (${toString k3sConfigPath}) is outside /etc, so homelab-bootstrap cannot put its flags into a config drop-in and must add them to extraFlags as a list, which does not merge with a string. Write services.k3s.extraFlags as a list (one flag per element), or move configPath under /etc.";
+        }
+        {
           assertion = lib.all (v: v == "none") (flagValues "--flannel-backend");
           message = "services.k3s.extraFlags sets --flannel-backend=${
             lib.concatStringsSep "," (lib.filter (v: v != "none") (flagValues "--flannel-backend"))
-          }: flannel would fight Cilium, the cluster's CNI. Remove it (homelab-bootstrap sets --flannel-backend=none).";
+          }: flannel would fight Cilium, the cluster's CNI. Remove it (homelab-bootstrap sets flannel-backend: none).";
         }
         {
           assertion = !lib.any isFalse (boolFlagValues "--disable-kube-proxy");
@@ -558,13 +737,24 @@ in
           ];
           message = "networking.firewall.checkReversePath is strict, which drops Cilium's traffic; homelab-bootstrap sets it to \"loose\".";
         }
+        {
+          assertion = cfg.k3s.openFirewall && config.networking.firewall.enable -> firewallBackend != "firewalld";
+          message = "services.homelab-bootstrap.k3s.openFirewall supports the iptables and nftables firewalls, not firewalld: set it to false and open the ports its description lists in firewalld.";
+        }
       ];
 
-      warnings = lib.optional (!config.networking.firewall.enable) ''
-        networking.firewall.enable is false. homelab-bootstrap opens the ports k3s and Cilium
-        need (services.homelab-bootstrap.k3s.openFirewall) and sets checkReversePath = "loose";
-        the firewall can stay on.
-      '';
+      warnings =
+        lib.optional (!config.networking.firewall.enable) ''
+          networking.firewall.enable is false. homelab-bootstrap opens the ports k3s and Cilium
+          need (services.homelab-bootstrap.k3s.openFirewall) and sets checkReversePath = "loose";
+          the firewall can stay on.
+        ''
+        ++ lib.optional (nftables && (config.networking.nftables.flushRuleset or false)) ''
+          networking.nftables.flushRuleset is true: every reload of nftables.service deletes the
+          rules Cilium and the kubelet installed, cutting the cluster's traffic until they
+          re-create them. Set networking.nftables.flushRuleset = false (the default since 23.11
+          unless networking.nftables.ruleset is set; put custom rules in networking.nftables.tables).
+        '';
     })
   ]);
 }

@@ -79,11 +79,6 @@ buildNpmPackage {
   # off for every npm call (install, rebuild, pack, prune), which also skips `prepare`.
   npmFlags = [ "--ignore-scripts" ];
 
-  # `npm run build` puts node_modules/.bin first on PATH, where that devDependency left a
-  # `node` shim pointing at the binary it never downloaded.
-  preBuild = ''
-    rm -f node_modules/.bin/node
-  '';
   # npm run build = tsc -p tsconfig.build.json -> dist/
   npmBuildScript = "build";
 
@@ -106,6 +101,20 @@ buildNpmPackage {
       exit 1
     fi
     PATH="$out/bin:$PATH" "$out/bin/homelab-bootstrap" validate-config ${../examples/homelab.json}
+
+    # The daemon runs `helm` from its PATH: the wrapper must put it there even when the
+    # caller's PATH has none (a systemd unit's). A preloaded script runs helm from inside the
+    # wrapped process and exits before the CLI starts.
+    probe="$TMPDIR/helm-probe.cjs"
+    echo 'process.stdout.write(require("node:child_process").execFileSync("helm", ["version", "--short"], { encoding: "utf8" })); process.exit(0);' > "$probe"
+    helmVersion="$(env -i HOME="$TMPDIR" PATH=/var/empty NODE_OPTIONS="--require $probe" "$out/bin/homelab-bootstrap")"
+    case "$helmVersion" in
+      v3.* | v4.*) echo "wrapper runs helm $helmVersion" ;;
+      *)
+        echo "the wrapper's helm printed '$helmVersion', expected v3.x or v4.x" >&2
+        exit 1
+        ;;
+    esac
     runHook postInstallCheck
   '';
 

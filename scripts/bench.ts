@@ -10,8 +10,11 @@
 //   2. the same no-op converge done the naive way: `helm upgrade --install` of the same
 //      releases with the same values, plus `kubectl apply --server-side` of the same objects,
 //      in 3 rounds interleaved with our no-op (the machine is small and shared: medians);
-//   3. process start-up (`--version`, median of 5) and the peak RSS of the no-op run.
-// It ends with one line: `no-op apply: W writes, R reads, T ms, ratio-vs-naive X`.
+//   3. process start-up: CPU time of `--version`, of a bare `node -e 0` and of `validate-config`
+//      (medians of 5, interleaved), and the peak RSS of the no-op run.
+// It ends with two lines, compared across changes:
+//   `no-op apply: W writes, R reads, H helm runs, T ms, ratio-vs-naive X`
+//   `start-up: version A ms cpu (bare node B ms), validate-config C ms cpu, peak RSS D MiB`
 import { chmodSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -22,7 +25,9 @@ import { readState } from '../src/engine/state.ts';
 import { startSite } from '../test/rig/bootstrap-run.ts';
 
 const say = (line = '') => process.stdout.write(`${line}\n`);
-const cli = join(repoRoot, 'src', 'cli.ts');
+// What the NixOS package runs: the compiled dist/, built fresh below (src/ under type stripping
+// would add the stripper's own start-up and memory to every figure).
+const cli = join(repoRoot, 'dist', 'cli.js');
 
 interface Proc {
   code: number;
@@ -74,6 +79,7 @@ interface Releases {
 }
 
 async function main(): Promise<number> {
+  await must('build', run(join(repoRoot, 'node_modules', '.bin', 'tsc'), ['-p', join(repoRoot, 'tsconfig.build.json')], process.env));
   say('starting a real kube-apiserver + etcd on loopback and the Cloudflare emulator...');
   // No Cilium CRDs: the cold apply is a real cold start; the rig plays cilium-operator below.
   const site = await startSite({ ciliumCrds: false });
@@ -165,6 +171,10 @@ async function main(): Promise<number> {
       say(`  result:               ${p.detail}`);
       say(`  wall time:            ${ms(p.ms)}`);
       say(`  apiserver requests:   ${p.kube.reads} reads, ${p.kube.writes} writes${p.kube.other ? `, ${p.kube.other} other` : ''} (by verb: ${verbs(p.kube)})`);
+      if (p.kube.reads > 0) {
+        const r = Object.entries(p.kube.byResource).filter(([k]) => /^(get|list|watch) /.test(k));
+        say(`  apiserver reads:      ${r.map(([k, n]) => `${k} ${n}`).join(', ')}`);
+      }
       if (p.kube.writes > 0) {
         const w = Object.entries(p.kube.byResource).filter(([k]) => /^(create|update|patch|delete|deletecollection) /.test(k));
         say(`  apiserver writes:     ${w.map(([k, n]) => `${k} ${n}`).join(', ')}`);
@@ -239,11 +249,29 @@ async function main(): Promise<number> {
     const rssKb = median(rss);
 
     // ---- 3. start-up and memory -----------------------------------------------------------
-    await must('--version', run(process.execPath, [cli, '--version'], env)); // warm the page cache
+    // CPU time (user + system) of the process itself, written by the same kind of preload at
+    // exit: wall time of a short process is mostly the machine's mood, CPU time is what it costs.
+    const cpuFile = join(dir, 'cpu');
+    const cpuPreload = `--import=data:text/javascript,${encodeURIComponent(`import { writeFileSync } from 'node:fs'; process.on('exit', () => { const u = process.cpuUsage(); writeFileSync(${JSON.stringify(cpuFile)}, String((u.user + u.system) / 1000)); });`)}`;
+    const cpuOf = async (args: string[]): Promise<number> => {
+      await must(args.join(' '), run(process.execPath, [cpuPreload, ...args], env));
+      return Number(readFileSync(cpuFile, 'utf8'));
+    };
+    await cpuOf([cli, '--version']); // warm the page cache
+    const versionCpu: number[] = [];
+    const bareCpu: number[] = [];
+    const validateCpu: number[] = [];
+    // Interleaved, so that load from outside hits all three alike.
+    for (let i = 0; i < 5; i++) {
+      bareCpu.push(await cpuOf(['-e', '0']));
+      versionCpu.push(await cpuOf([cli, '--version']));
+      validateCpu.push(await cpuOf([cli, 'validate-config', config]));
+    }
     const starts: number[] = [];
     for (let i = 0; i < 5; i++) starts.push((await must('--version', run(process.execPath, [cli, '--version'], env))).ms);
     say('\n== process ==');
-    say(`  start-up (node src/cli.ts --version): median ${ms(median(starts))} of 5 (${starts.map((s) => Math.round(s)).join(', ')} ms)`);
+    say(`  start-up (node src/cli.ts --version): median ${ms(median(starts))} wall of 5 (${starts.map((s) => Math.round(s)).join(', ')} ms)`);
+    say(`  CPU time, median of 5:               --version ${ms(median(versionCpu))}, bare \`node -e 0\` ${ms(median(bareCpu))}, validate-config ${ms(median(validateCpu))}`);
     say(`  peak RSS of a no-op apply:           ${(rssKb / 1024).toFixed(1)} MiB median of ${ROUNDS} (${rss.map((k) => (k / 1024).toFixed(1)).join(', ')}; daemon process only, getrusage maxRSS)`);
 
     const ourMs = median(noops.map((p) => p.ms));
@@ -256,7 +284,9 @@ async function main(): Promise<number> {
     say(`  below: writes and reads of the first no-op run, apiserver (audit log) plus Cloudflare (emulator log); T and the ratio use the medians`);
     const ok = cold.ok && noops.every((p) => p.ok && p.kube.writes + p.cfWrites === 0 && p.newRevisions.length === 0);
     if (!ok) process.stderr.write(`bench: the no-op apply is not a no-op or an apply failed (see above)\n`);
-    say(`no-op apply: ${writes} writes, ${reads} reads, ${Math.round(ourMs)} ms, ratio-vs-naive ${ratio.toFixed(1)}`);
+    // The two lines compared across changes (issue 15): keep their shape.
+    say(`no-op apply: ${writes} writes, ${reads} reads, ${noop.helm.total} helm runs, ${Math.round(ourMs)} ms, ratio-vs-naive ${ratio.toFixed(1)}`);
+    say(`start-up: version ${Math.round(median(versionCpu))} ms cpu (bare node ${Math.round(median(bareCpu))} ms), validate-config ${Math.round(median(validateCpu))} ms cpu, peak RSS ${(rssKb / 1024).toFixed(0)} MiB`);
     return ok ? 0 : 1;
   } finally {
     await site.stop();

@@ -7,7 +7,9 @@
 #  4. with NIXPKGS_LIB pointing at a nixpkgs `lib` directory, nix/tests/module-eval.nix
 #     evaluates the module with the real module system (skipped, and said so, without it).
 # Everything that needs nixpkgs itself (building the package, the NixOS evaluation, the VM
-# test) is `nix flake check` on a machine with Nix and KVM; see docs/nixos.md.
+# test) is `nix flake check` on a machine with Nix and KVM; see docs/nixos.md. Debian's Nix
+# (2.8) also cannot evaluate lib.fileset (the package's `src`; it needs Nix 2.14's
+# builtins.readFileType): test/unit/nix-contract.test.ts checks the paths it names instead.
 #
 # Installs Debian's nix-bin (nix-instantiate) when it is missing.
 set -euo pipefail

@@ -42,6 +42,7 @@ export function formatSummary(reports: readonly StepReport[], title = 'apply'): 
     lines.push(`${r.step.padEnd(w)}  ${r.outcome.padEnd(9)}  ${String(n).padStart(7)}  ${(r.durationMs / 1000).toFixed(1).padStart(7)}s${r.error ? `  ${r.error}` : ''}`);
   }
   const failed = reports.filter((r) => r.outcome === 'failed' || r.outcome === 'blocked').length;
-  lines.push(`${title}: ${reports.length} steps, ${countWrites(reports)} changes, ${failed} failed`);
+  const conflicts = reports.filter((r) => r.outcome === 'conflict').length;
+  lines.push(`${title}: ${reports.length} steps, ${countWrites(reports)} changes, ${failed} failed${conflicts > 0 ? `, ${conflicts} with conflicts to resolve by hand` : ''}`);
   return lines.join('\n') + '\n';
 }

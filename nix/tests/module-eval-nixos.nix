@@ -26,6 +26,7 @@ let
     ];
   };
   inherit (machine.config.systemd) units;
+  inherit (machine.config.networking) firewall;
 in
 pkgs.runCommand "homelab-bootstrap-module-eval"
   {
@@ -35,11 +36,16 @@ pkgs.runCommand "homelab-bootstrap-module-eval"
     reconcileUnit = units."homelab-bootstrap-reconcile.service".text;
     timerUnit = units."homelab-bootstrap-reconcile.timer".text;
     k3sUnit = units."k3s.service".text;
+    k3sDropIn = machine.config.environment.etc."rancher/k3s/config.yaml.d/50-homelab-bootstrap.yaml".text;
+    firewallRules = firewall.extraCommands;
+    openTCPPorts = toString firewall.allowedTCPPorts;
     passAsFile = [
       "bootstrapUnit"
       "reconcileUnit"
       "timerUnit"
       "k3sUnit"
+      "k3sDropIn"
+      "firewallRules"
     ];
   }
   ''
@@ -66,14 +72,23 @@ pkgs.runCommand "homelab-bootstrap-module-eval"
     expect "$reconcileUnitPath" '^Type=oneshot$'
     expect "$reconcileUnitPath" 'apply --config [^ ]+ --only tunnel --only dns$'
     expect "$reconcileUnitPath" '^SuccessExitStatus=75$'
+    expect "$reconcileUnitPath" '^SuccessExitStatus=4$'
+    expect "$reconcileUnitPath" '^LoadCredential=kubeconfig:/etc/rancher/k3s/k3s\.yaml$'
+    expect "$reconcileUnitPath" '^LoadCredential=cloudflare-api-token:/run/secrets/cloudflare-api-token$'
+    reject "$reconcileUnitPath" '^LoadCredential=age-key:'
     expect "$timerUnitPath" '^OnUnitInactiveSec=15min$'
 
-    expect "$k3sUnitPath" '--flannel-backend=none'
-    expect "$k3sUnitPath" '--disable-network-policy'
-    expect "$k3sUnitPath" '--disable-kube-proxy'
+    # Cilium's k3s flags are in a config drop-in, not on the command line.
+    expect "$k3sDropInPath" '"flannel-backend":"none"'
+    expect "$k3sDropInPath" '"disable-network-policy":true'
+    expect "$k3sDropInPath" '"disable-kube-proxy":true'
     expect "$k3sUnitPath" '--disable=servicelb'
     expect "$k3sUnitPath" '--disable=traefik'
     reject "$k3sUnitPath" 'write-kubeconfig-mode'
+
+    # From the LAN only the Ingress; metrics, Hubble, kubelet and the API from the pod network.
+    [ "$openTCPPorts" = "80 443" ] || { echo "open to the LAN: $openTCPPorts, expected 80 443" >&2; exit 1; }
+    expect "$firewallRulesPath" '^iptables -A nixos-fw -s 10\.42\.0\.0/16 -p tcp -m multiport --dports [0-9,]*9100[0-9,]* -j nixos-fw-accept$'
 
     echo "$toplevel" > $out
   ''

@@ -75,78 +75,148 @@ let
     }
   );
 
-  # The NixOS options module.nix reads or writes, with nixpkgs' types where merging matters.
-  nixosStub = {
-    options = {
-      assertions = mkOption {
-        type = types.listOf types.unspecified;
-        default = [ ];
-      };
-      warnings = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      services.k3s = {
-        enable = mkOption {
-          type = types.bool;
-          default = false;
-        };
-        role = mkOption {
-          type = types.enum [
-            "server"
-            "agent"
-          ];
-          default = "server";
-        };
-        extraFlags = mkOption {
-          type = with types; either str (listOf str);
+  # The NixOS options module.nix reads or writes, with nixpkgs' types where merging matters
+  # (nixos/modules/services/cluster/rancher, networking/firewall*.nix, nftables.nix), and the
+  # parts of those modules' behaviour that meet module.nix's definitions.
+  nixosStub =
+    { config, ... }:
+    let
+      fw = config.networking.firewall;
+    in
+    {
+      options = {
+        assertions = mkOption {
+          type = types.listOf types.unspecified;
           default = [ ];
         };
-        disable = mkOption {
+        warnings = mkOption {
           type = types.listOf types.str;
           default = [ ];
         };
-        extraKubeProxyConfig = mkOption {
-          type = types.attrsOf types.anything;
+        services.k3s = {
+          enable = mkOption {
+            type = types.bool;
+            default = false;
+          };
+          role = mkOption {
+            type = types.enum [
+              "server"
+              "agent"
+            ];
+            default = "server";
+          };
+          extraFlags = mkOption {
+            type = with types; either str (listOf str);
+            default = [ ];
+          };
+          configPath = mkOption {
+            type = types.nullOr types.path;
+            default = null;
+          };
+          disable = mkOption {
+            type = types.listOf types.str;
+            default = [ ];
+          };
+          extraKubeProxyConfig = mkOption {
+            type = types.attrsOf types.anything;
+            default = { };
+          };
+        };
+        environment.etc = mkOption {
+          type = types.attrsOf (
+            types.submodule {
+              options.text = mkOption {
+                type = types.nullOr types.lines;
+                default = null;
+              };
+            }
+          );
+          default = { };
+        };
+        networking.nftables = {
+          enable = mkOption {
+            type = types.bool;
+            default = false;
+          };
+          flushRuleset = mkOption {
+            type = types.bool;
+            default = false;
+          };
+        };
+        networking.firewall = {
+          enable = mkOption {
+            type = types.bool;
+            default = true;
+          };
+          backend = mkOption {
+            type = types.enum [
+              "iptables"
+              "nftables"
+              "firewalld"
+            ];
+            default = if config.networking.nftables.enable then "nftables" else "iptables";
+          };
+          extraCommands = mkOption {
+            type = types.lines;
+            default = "";
+          };
+          extraInputRules = mkOption {
+            type = types.lines;
+            default = "";
+          };
+          checkReversePath = mkOption {
+            type = types.either types.bool (
+              types.enum [
+                "strict"
+                "loose"
+              ]
+            );
+            default = true;
+          };
+          allowedTCPPorts = mkOption {
+            type = types.listOf types.port;
+            default = [ ];
+          };
+          allowedUDPPorts = mkOption {
+            type = types.listOf types.port;
+            default = [ ];
+          };
+        };
+        boot.kernelModules = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        boot.blacklistedKernelModules = mkOption {
+          type = types.listOf types.str;
+          default = [ ];
+        };
+        systemd.services = mkOption {
+          type = unitType;
+          default = { };
+        };
+        systemd.timers = mkOption {
+          type = unitType;
           default = { };
         };
       };
-      networking.firewall = {
-        enable = mkOption {
-          type = types.bool;
-          default = true;
-        };
-        checkReversePath = mkOption {
-          type = types.either types.bool (
-            types.enum [
-              "strict"
-              "loose"
-            ]
-          );
-          default = true;
-        };
-        allowedTCPPorts = mkOption {
-          type = types.listOf types.port;
-          default = [ ];
-        };
-        allowedUDPPorts = mkOption {
-          type = types.listOf types.port;
-          default = [ ];
-        };
-      };
-      boot.kernelModules = mkOption {
-        type = types.listOf types.str;
-        default = [ ];
-      };
-      systemd.services = mkOption {
-        type = unitType;
-        default = { };
-      };
-      systemd.timers = mkOption {
-        type = unitType;
-        default = { };
-      };
+      config = lib.mkMerge [
+        # nftables.nix
+        (lib.mkIf config.networking.nftables.enable { boot.blacklistedKernelModules = [ "ip_tables" ]; })
+        # firewall-nftables.nix
+        (lib.mkIf (fw.enable && fw.backend == "nftables") {
+          assertions = [
+            {
+              assertion = fw.extraCommands == "";
+              message = "extraCommands is incompatible with the nftables based firewall: ${fw.extraCommands}";
+            }
+          ];
+        })
+      ];
     };
+
+  # firewall-iptables.nix on a kernel without rpfilter support.
+  kernelWithoutRPFilter = {
+    networking.firewall.checkReversePath = lib.mkDefault false;
   };
 
   # The sops-nix options module.nix and docs/nixos.md use.
@@ -167,6 +237,10 @@ let
               options.path = mkOption {
                 type = types.str;
                 default = "/run/secrets/${name}";
+              };
+              options.restartUnits = mkOption {
+                type = types.listOf types.str;
+                default = [ ];
               };
             }
           )
@@ -207,6 +281,39 @@ let
   failedAssertions =
     config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
+  dropInPath = "rancher/k3s/config.yaml.d/50-homelab-bootstrap.yaml";
+  # What a scenario produced, where the tests look.
+  details =
+    c:
+    let
+      units = c.systemd.services;
+    in
+    {
+      k3sExtraFlags = c.services.k3s.extraFlags;
+      k3sDropIns = lib.mapAttrs (_: f: f.text) (
+        lib.filterAttrs (n: _: lib.hasSuffix ".d/50-homelab-bootstrap.yaml" n) c.environment.etc
+      );
+      firewall = {
+        inherit (c.networking.firewall)
+          checkReversePath
+          allowedTCPPorts
+          allowedUDPPorts
+          extraCommands
+          extraInputRules
+          ;
+      };
+      inherit (c.boot) kernelModules blacklistedKernelModules;
+      mainCredentials = units.homelab-bootstrap.serviceConfig.LoadCredential;
+      reconcileCredentials = units.homelab-bootstrap-reconcile.serviceConfig.LoadCredential or null;
+      settingsJSON = builtins.toJSON (
+        (import ../settings-options.nix {
+          inherit lib;
+          jsonType = jsonValue;
+        }).clean
+          c.services.homelab-bootstrap.settings
+      );
+    };
+
   # Forces what a NixOS build forces, in its order: the assertions first (a failed one stops
   # the build with its message), then the unit. A type error or an undefined required option
   # throws, which shows as `evaluates = false`.
@@ -219,6 +326,7 @@ let
         builtins.deepSeq [
           c.systemd.services.homelab-bootstrap.serviceConfig
           c.warnings
+          (details c)
         ] true
       );
     in
@@ -227,18 +335,21 @@ let
         evaluates = false;
         failed = [ ];
         warnings = [ ];
+        details = null;
       }
     else if checked.value != [ ] then
       {
         evaluates = true;
         failed = checked.value;
         warnings = [ ];
+        details = null;
       }
     else
       {
         evaluates = unit.success;
         failed = [ ];
         warnings = if unit.success then c.warnings else [ ];
+        details = if unit.success then details c else null;
       };
 
   base = eval [ homelab ];
@@ -246,6 +357,24 @@ let
   svc = c.systemd.services.homelab-bootstrap;
   reconcile = c.systemd.services.homelab-bootstrap-reconcile;
   withSops = (eval [ homelab sopsStub ]).config;
+
+  # The main unit's `after`, read from this module's own definition of systemd.services while
+  # another definition's condition throws if evaluated: ordering after sops-nix must not need
+  # the names of every unit (that would force the condition, and recurse where it depends on
+  # this module).
+  orderingWithoutUnitNames =
+    let
+      e = eval [
+        homelab
+        { systemd.services.poison = lib.mkIf (throw "the names of systemd.services were forced") { }; }
+      ];
+      ours = lib.findFirst (d: d ? homelab-bootstrap) null e.options.systemd.services.definitions;
+      after = builtins.tryEval (builtins.deepSeq ours.homelab-bootstrap.after ours.homelab-bootstrap.after);
+    in
+    {
+      evaluates = after.success;
+      after = if after.success then after.value else null;
+    };
 in
 {
   homelab = {
@@ -253,19 +382,14 @@ in
     inherit (c) warnings;
     # The JSON the module writes (`nix-instantiate --eval` cannot write files, so this is the
     # module's own `clean` applied again rather than the generated file).
-    settingsJSON = builtins.toJSON (
-      (import ../settings-options.nix {
-        inherit lib;
-        jsonType = jsonValue;
-      }).clean
-        c.services.homelab-bootstrap.settings
-    );
+    inherit (details c) settingsJSON k3sDropIns kernelModules blacklistedKernelModules;
     unit = {
       inherit (svc) wantedBy wants after;
       inherit (svc.serviceConfig)
         Type
         RemainAfterExit
         Restart
+        SuccessExitStatus
         LoadCredential
         ExecStart
         DynamicUser
@@ -276,7 +400,13 @@ in
       restartIfChanged = svc.restartIfChanged;
     };
     reconcile = {
-      inherit (reconcile.serviceConfig) Type ExecStart SuccessExitStatus;
+      inherit (reconcile.serviceConfig)
+        Type
+        ExecStart
+        SuccessExitStatus
+        LoadCredential
+        ;
+      inherit (reconcile) after;
       restartIfChanged = reconcile.restartIfChanged;
       timer = c.systemd.timers.homelab-bootstrap-reconcile.timerConfig;
     };
@@ -289,7 +419,14 @@ in
         ;
     };
     firewall = {
-      inherit (c.networking.firewall) enable checkReversePath allowedTCPPorts allowedUDPPorts;
+      inherit (c.networking.firewall)
+        enable
+        checkReversePath
+        allowedTCPPorts
+        allowedUDPPorts
+        extraCommands
+        extraInputRules
+        ;
     };
   };
 
@@ -307,13 +444,7 @@ in
       {
         failed = failedAssertions d;
         inherit (d) warnings;
-        settingsJSON = builtins.toJSON (
-          (import ../settings-options.nix {
-            inherit lib;
-            jsonType = jsonValue;
-          }).clean
-            d.services.homelab-bootstrap.settings
-        );
+        inherit (details d) settingsJSON;
         inherit (d.systemd.services.homelab-bootstrap.serviceConfig) LoadCredential;
       };
 
@@ -323,7 +454,10 @@ in
     LoadCredential = withSops.systemd.services.homelab-bootstrap.serviceConfig.LoadCredential;
   };
 
-  # Each scenario should fail evaluation or an assertion; the test checks which.
+  inherit orderingWithoutUnitNames;
+
+  # Each scenario fails evaluation or an assertion, or evaluates; the test checks which, and
+  # what the evaluating ones produced (`details`).
   scenarios = {
     flannelReEnabled = tryReport [
       homelab
@@ -332,6 +466,10 @@ in
     flannelAsTwoWords = tryReport [
       homelab
       { services.k3s.extraFlags = [ "--flannel-backend" "host-gw" ]; }
+    ];
+    flannelInAString = tryReport [
+      homelab
+      { services.k3s.extraFlags = "--node-ip=192.168.0.10 --flannel-backend=vxlan"; }
     ];
     kubeProxyReEnabled = tryReport [
       homelab
@@ -361,6 +499,10 @@ in
       homelab
       { networking.firewall.enable = false; }
     ];
+    firewalld = tryReport [
+      homelab
+      { networking.firewall.backend = "firewalld"; }
+    ];
     chartTwice = tryReport [
       homelab
       {
@@ -375,6 +517,11 @@ in
     cloudflareWithoutToken = tryReport [
       homelab
       { services.homelab-bootstrap.cloudflare.apiTokenFile = lib.mkForce null; }
+    ];
+    # sops-nix decrypting with the SSH host keys only: its default, sops.age.keyFile = null.
+    sopsSSHKeysOnly = tryReport [
+      homelab
+      sopsOptions
     ];
     keyInStore = tryReport [
       homelab
@@ -392,6 +539,19 @@ in
       homelab
       { services.homelab-bootstrap.settings.domain = lib.mkForce null; }
     ];
+    reconcileAllSteps = tryReport [
+      homelab
+      { services.homelab-bootstrap.reconcile.steps = [ "tunnel" "dns" "argocd" ]; }
+    ];
+    # k3s reads drop-ins from <configPath>.d: outside /etc the flags must go on the command
+    # line, where a string cannot take them.
+    stringFlagsWithStoreConfig = tryReport [
+      homelab
+      {
+        services.k3s.configPath = "${builtins.storeDir}/abc-k3s.yaml";
+        services.k3s.extraFlags = "--node-ip=192.168.0.10";
+      }
+    ];
     # Controls: these must evaluate cleanly.
     harmlessExtraFlags = tryReport [
       homelab
@@ -402,6 +562,60 @@ in
           "0600"
           "--node-ip=192.168.0.10"
         ];
+      }
+    ];
+    # The NixOS wiki's style.
+    stringExtraFlags = tryReport [
+      homelab
+      { services.k3s.extraFlags = "--node-ip=192.168.0.10 --cluster-cidr=10.50.0.0/16"; }
+    ];
+    listWithStoreConfig = tryReport [
+      homelab
+      {
+        services.k3s.configPath = "${builtins.storeDir}/abc-k3s.yaml";
+        services.k3s.extraFlags = [ "--node-ip=192.168.0.10" ];
+      }
+    ];
+    configUnderEtc = tryReport [
+      homelab
+      { services.k3s.configPath = "/etc/k3s/server.yaml"; }
+    ];
+    sopsSSHKeysWithAgeKey = tryReport [
+      homelab
+      sopsOptions
+      { services.homelab-bootstrap.ageKeyFile = "/run/secrets/gitops-age-key"; }
+    ];
+    kernelWithoutRPFilter = tryReport [
+      homelab
+      kernelWithoutRPFilter
+    ];
+    nftables = tryReport [
+      homelab
+      { networking.nftables.enable = true; }
+    ];
+    nftablesFlushingRuleset = tryReport [
+      homelab
+      {
+        networking.nftables.enable = true;
+        networking.nftables.flushRuleset = true;
+      }
+    ];
+    multiNode = tryReport [
+      homelab
+      {
+        services.homelab-bootstrap.k3s.firewall.multiNode = true;
+        networking.nftables.enable = true;
+      }
+    ];
+    apiFromLAN = tryReport [
+      homelab
+      { services.homelab-bootstrap.k3s.firewall.apiFromLAN = true; }
+    ];
+    privateRepository = tryReport [
+      homelab
+      {
+        services.homelab-bootstrap.gitops.repoCredentialFile = "/run/secrets/gitops-repo-token";
+        services.homelab-bootstrap.settings.gitops.repoUsername = "peterstorm";
       }
     ];
     chartFromNix = tryReport [

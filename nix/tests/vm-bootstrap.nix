@@ -192,7 +192,9 @@ in
           server.succeed("${exe} status --state-dir /var/lib/homelab-bootstrap >&2")
 
       with subtest("the k3s flags are in effect"):
-          for flag in ["--flannel-backend=none", "--disable-network-policy", "--disable-kube-proxy", "--disable=servicelb", "--disable=traefik"]:
+          # Cilium's flags come from the module's config drop-in, the rest from the command line.
+          server.succeed("grep -q '\"flannel-backend\":\"none\"' /etc/rancher/k3s/config.yaml.d/50-homelab-bootstrap.yaml")
+          for flag in ["--disable=servicelb", "--disable=traefik"]:
               server.succeed(f"systemctl show -P ExecStart k3s | grep -q -- '{flag}'")
           # ... and what they switch off is off: no flannel, kube-proxy, traefik or servicelb.
           server.fail("ip link show flannel.1")
@@ -204,6 +206,9 @@ in
           server.succeed("test \"$(stat -c %a /etc/rancher/k3s/k3s.yaml)\" = 600")
           server.succeed("systemctl is-active firewall.service")
           server.succeed("iptables -t mangle -S nixos-fw-rpfilter | grep -q -- --loose")
+          # The metrics ports (node-exporter's 9100 among them) are open to the pod network only.
+          server.succeed("iptables -S nixos-fw | grep -- '-s 10.42.0.0/16' | grep -q 9100")
+          server.fail("iptables -S nixos-fw | grep -v -- '-s 10.42.0.0/16' | grep -q 9100")
 
       with subtest("the age key Secret and the root ApplicationSet exist"):
           server.succeed(

@@ -170,6 +170,8 @@ export class CloudflareClient {
   readonly log: Logger;
   readonly #opts: Required<Omit<CloudflareClientOptions, 'fetch'>> & { fetch: typeof fetch };
   #sdk: Promise<Cloudflare> | undefined;
+  /** Zone id → name, as found; for messages. */
+  readonly #zoneNames = new Map<string, string>();
   #mod: SdkModule | undefined;
 
   constructor(settings: Settings, credentials: Credentials, log: Logger, opts: CloudflareClientOptions = {}) {
@@ -236,16 +238,17 @@ export class CloudflareClient {
     return this.#sdk;
   }
 
-  async #call<T>(what: string, perm: PermissionKey, fn: (c: Cloudflare) => Promise<T>): Promise<T> {
+  /** `zoneId` names the zone in a permission error (a token may reach one zone and not another). */
+  async #call<T>(what: string, perm: PermissionKey, fn: (c: Cloudflare) => Promise<T>, zoneId?: string): Promise<T> {
     const c = await this.#client();
     try {
       return await fn(c);
     } catch (err) {
-      throw this.#mapError(err, what, perm);
+      throw this.#mapError(err, what, perm, zoneId);
     }
   }
 
-  #mapError(err: unknown, what: string, perm: PermissionKey): unknown {
+  #mapError(err: unknown, what: string, perm: PermissionKey, zoneId?: string): unknown {
     const { APIConnectionError, APIError, APIUserAbortError } = this.#mod!;
     if (err instanceof APIUserAbortError) return err;
     if (err instanceof APIConnectionError) {
@@ -274,7 +277,7 @@ export class CloudflareClient {
           codes,
         );
       }
-      const scope = perm === 'tunnel' ? `account ${this.#cf.accountId} ($.cloudflare.accountId)` : `zone ${this.zoneName}`;
+      const scope = perm === 'tunnel' ? `account ${this.#cf.accountId} ($.cloudflare.accountId)` : `zone ${(zoneId && this.#zoneNames.get(zoneId)) || this.zoneName}`;
       return new CloudflarePermissionError(
         `Cloudflare refused ${what} (HTTP ${status}: ${errorText(err)}): the API token from ${source} lacks the permission "${PERMISSIONS[perm]}" on ${scope}; the token needs ${all}`,
         status,
@@ -297,26 +300,31 @@ export class CloudflareClient {
 
   // ---- zone ---------------------------------------------------------------------------------
 
-  async findZone(signal?: AbortSignal): Promise<{ id: string; name: string }> {
-    const name = this.zoneName;
+  /** The zone `name` (default: cloudflare.zone or domain) in the account. */
+  async findZone(zoneName?: string, signal?: AbortSignal): Promise<{ id: string; name: string }> {
+    const name = zoneName === undefined ? this.zoneName : zoneName.toLowerCase().replace(/\.$/, '');
     // A configured id saves the lookup, and with it the need for Zone Read.
-    if (this.#cf.zoneId) return { id: this.#cf.zoneId, name };
+    if (this.#cf.zoneId && name === this.zoneName) {
+      this.#zoneNames.set(this.#cf.zoneId, name);
+      return { id: this.#cf.zoneId, name };
+    }
     const what = `looking up zone ${name}`;
     const zones = await this.#call(what, 'zone', (c) => c.zones.list({ name, account: { id: this.#cf.accountId } }, { signal }));
     const z = zones.result.find((x) => x.name.toLowerCase() === name);
     if (!z) {
       throw new CloudflareApiError(
-        `Cloudflare zone ${name} was not found in account ${this.#cf.accountId}: check $.cloudflare.zone (or $.domain) and $.cloudflare.accountId, and that the API token has "${PERMISSIONS.zone}" on the zone (without it Cloudflare lists no zones)`,
+        `Cloudflare zone ${name} was not found in account ${this.#cf.accountId}: check ${name === this.zoneName ? '$.cloudflare.zone (or $.domain)' : 'the zone of the hosts in it ($.hosts[].zone)'} and $.cloudflare.accountId, and that the API token has "${PERMISSIONS.zone}" on the zone (without it Cloudflare lists no zones)`,
         200,
         [],
       );
     }
+    this.#zoneNames.set(z.id, name);
     return { id: z.id, name };
   }
 
   // ---- DNS ----------------------------------------------------------------------------------
 
-  /** Records of the zone, filtered server-side by comment prefix and/or exact name. */
+  /** Records of the zone, all of them or filtered server-side by comment prefix and/or exact name. */
   async listRecords(zoneId: string, filter: { commentStartsWith?: string; name?: string }, signal?: AbortSignal): Promise<DnsRecord[]> {
     const what = filter.name ? `listing DNS records of ${filter.name}` : 'listing DNS records';
     const raw = await this.#pages<RawRecord>(
@@ -333,7 +341,7 @@ export class CloudflareClient {
             { signal },
           );
           return { result: p.result as RawRecord[], result_info: p.result_info };
-        }),
+        }, zoneId),
       DNS_PAGE,
     );
     return raw.map(toRecord);
@@ -352,6 +360,7 @@ export class CloudflareClient {
           { zone_id: zoneId, type: spec.type, name: spec.name, content: spec.content, proxied: spec.proxied, ttl: spec.ttl, comment: spec.comment },
           { signal, maxRetries: 0 },
         ),
+        zoneId,
       );
       return toRecord(r as RawRecord);
     } catch (err) {
@@ -373,13 +382,14 @@ export class CloudflareClient {
   async updateRecord(zoneId: string, id: string, spec: DnsRecordSpec, signal?: AbortSignal): Promise<DnsRecord> {
     const r = await this.#call(`updating DNS ${spec.type} ${spec.name}`, 'dns', (c) =>
       c.dns.records.update(id, { zone_id: zoneId, type: spec.type, name: spec.name, content: spec.content, proxied: spec.proxied, ttl: spec.ttl, comment: spec.comment }, { signal }),
+      zoneId,
     );
     return toRecord(r as RawRecord);
   }
 
   async deleteRecord(zoneId: string, record: { id: string; type: string; name: string }, signal?: AbortSignal): Promise<void> {
     try {
-      await this.#call(`deleting DNS ${record.type} ${record.name}`, 'dns', (c) => c.dns.records.delete(record.id, { zone_id: zoneId }, { signal }));
+      await this.#call(`deleting DNS ${record.type} ${record.name}`, 'dns', (c) => c.dns.records.delete(record.id, { zone_id: zoneId }, { signal }), zoneId);
     } catch (err) {
       // Gone already: a retried DELETE whose first answer was lost.
       if (err instanceof CloudflareApiError && (err.codes.includes(RECORD_NOT_FOUND) || err.httpStatus === 404)) return;

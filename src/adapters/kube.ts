@@ -1,17 +1,14 @@
-// Thin adapter to the Kubernetes API. @kubernetes/client-node reads the kubeconfig and works out
-// TLS and credentials (client certs, tokens, exec plugins); the requests themselves go over
+// Thin adapter to the Kubernetes API. kubeconfig.ts reads the kubeconfig with
+// @kubernetes/client-node's parsers (client certs, tokens, exec plugins); the requests go over
 // node:https with one keep-alive agent, because the few calls the steps need (server-side apply
 // of arbitrary kinds, discovery, a CRD watch, /readyz) are direct in plain HTTP and awkward
 // through the generated client (which also opens a new connection for every request).
 // Every write is server-side apply with field manager FIELD_MANAGER.
 import { readFileSync } from 'node:fs';
-import { dirname } from 'node:path';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Logger } from 'pino';
-// Loaded on first use: it takes most of a second to import, and `render`, `plan` of pure steps
-// and unit tests of desired state (which import OWNER_LABEL from here) never need it.
-import type { KubeConfig } from '@kubernetes/client-node';
+import { loadKubeconfig, type KubeconfigAccess } from './kubeconfig.ts';
 import type { FieldDiff, KubeObject } from '../steps/types.ts';
 import { TransientError } from '../engine/errors.ts';
 import { childPath, diffObjects } from '../diff.ts';
@@ -149,7 +146,8 @@ export function apiError(status: number, retryAfter: string | string[] | undefin
 export class KubeClient {
   readonly kubeconfigPath: string;
   readonly log: Logger;
-  #kc: KubeConfig | undefined;
+  #access: Promise<KubeconfigAccess> | undefined;
+  #headersOf: (() => Promise<Record<string, string>>) | undefined;
   #conn: Connection | undefined;
   /** Discovery by groupVersion. Only hits are kept: a CRD may appear at any time. */
   readonly #resources = new Map<string, ApiResource[]>();
@@ -167,46 +165,15 @@ export class KubeClient {
   /** Loads the kubeconfig on first use. Errors name the file and never quote it: it holds credentials. */
   async #connection(): Promise<Connection> {
     if (this.#conn) return this.#conn;
-    const { KubeConfig } = await import('@kubernetes/client-node');
-    // Concurrent first requests all awaited the import; the rest is synchronous, so the first one
-    // through builds the connection and the others reuse it.
+    const access = await (this.#access ??= loadKubeconfig(this.kubeconfigPath));
     if (this.#conn) return this.#conn;
-    const path = this.kubeconfigPath;
-    let text: string;
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (e) {
-      throw new Error(`kubeconfig ${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
-    }
-    const kc = new KubeConfig();
-    try {
-      kc.loadFromString(text);
-      kc.makePathsAbsolute(dirname(path));
-    } catch (e) {
-      // js-yaml's message quotes the offending lines; keep only the position.
-      const mark = (e as { mark?: { line?: number } }).mark;
-      const why = mark?.line !== undefined ? `YAML error at line ${mark.line + 1}` : (e as Error).name === 'YAMLException' ? 'YAML error' : (e as Error).message;
-      throw new Error(`kubeconfig ${path} is not a valid kubeconfig: ${why}`);
-    }
-    const cluster = kc.getCurrentCluster();
-    if (!cluster?.server) throw new Error(`kubeconfig ${path} names no current cluster with a server`);
-    const server = new URL(cluster.server);
-    this.#kc = kc;
-    const user = kc.getCurrentUser();
+    const { server } = access;
     const tls = server.protocol === 'https:';
-    if (!tls && !cluster.skipTLSVerify) throw new Error(`kubeconfig ${path}: plain http to ${server.origin} needs insecure-skip-tls-verify`);
+    if (!tls && !access.skipTLSVerify) throw new Error(`kubeconfig ${this.kubeconfigPath}: plain http to ${server.origin} needs insecure-skip-tls-verify`);
     // Static TLS material is read once; per-request headers (tokens, exec plugins) are fresh each time.
-    const opts: https.AgentOptions = { keepAlive: true, maxSockets: 8 };
-    if (tls) {
-      const ca = fileOrData(cluster.caFile, cluster.caData);
-      if (ca) opts.ca = ca;
-      const cert = fileOrData(user?.certFile, user?.certData);
-      if (cert) opts.cert = cert;
-      const key = fileOrData(user?.keyFile, user?.keyData);
-      if (key) opts.key = key;
-      if (cluster.skipTLSVerify) opts.rejectUnauthorized = false;
-      if (cluster.tlsServerName) opts.servername = cluster.tlsServerName;
-    }
+    const opts: https.AgentOptions = { keepAlive: true, maxSockets: 8, ...access.agent };
+    if (access.skipTLSVerify) opts.rejectUnauthorized = false;
+    this.#headersOf = access.headers;
     this.#conn = tls
       ? { server, agent: new https.Agent(opts), request: https.request }
       : { server, agent: new http.Agent({ keepAlive: true, maxSockets: 8 }), request: http.request as typeof https.request };
@@ -214,11 +181,7 @@ export class KubeClient {
   }
 
   async #headers(): Promise<Record<string, string>> {
-    const opts: https.RequestOptions = {};
-    await this.#kc!.applyToHTTPSOptions(opts);
-    const headers: Record<string, string> = {};
-    for (const [k, v] of Object.entries(opts.headers ?? {})) if (v !== undefined) headers[k] = String(v);
-    if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString('base64')}`;
+    const headers = await this.#headersOf!();
     headers['User-Agent'] = USER_AGENT;
     headers.Accept = 'application/json';
     return headers;
@@ -586,11 +549,6 @@ export class KubeClient {
   }
 }
 
-function fileOrData(file: string | undefined, data: string | undefined): Buffer | undefined {
-  if (file) return readFileSync(file);
-  if (data) return Buffer.from(data, 'base64');
-  return undefined;
-}
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {

@@ -1,7 +1,7 @@
 // Pure: the tunnel the settings ask for, and how its ingress rules compare with what the
 // Cloudflare API returns. The hosts table is the one list both DNS and the tunnel come from.
 import { DEFAULTS, type Settings } from '../settings/schema.ts';
-import { fqdn } from '../settings/names.ts';
+import { hostFqdn } from '../settings/names.ts';
 import type { FieldDiff, TunnelIngressRule } from '../steps/types.ts';
 
 /** cloudflared requires a last rule without hostname or path; it answers everything else. */
@@ -28,7 +28,7 @@ export interface IngressRuleAsReturned {
 export function desiredIngress(settings: Settings): TunnelIngressRule[] {
   const rules = settings.hosts
     .filter((h) => h.access === 'external')
-    .map((h) => ({ hostname: fqdn(h.name, settings.domain), service: h.service ?? DEFAULTS.ingressService }));
+    .map((h) => ({ hostname: hostFqdn(h, settings.domain), service: h.service ?? DEFAULTS.ingressService }));
   return [...rules, { ...CATCH_ALL }];
 }
 

@@ -76,3 +76,12 @@ export class PartialStepError extends Error {
     this.outputs = outputs;
   }
 }
+
+/**
+ * Everything a step could do is done, but records that belong to someone else stand in the way
+ * of some of its changes. Reported (outcome 'conflict', its own exit code), never retried: it
+ * lasts until a person acts, and a retry would change nothing.
+ */
+export class ConflictError extends Error {
+  override name = 'ConflictError';
+}

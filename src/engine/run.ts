@@ -2,11 +2,12 @@
 // independent branches (cluster vs. Cloudflare) keep going when one of them fails.
 import type { Logger } from 'pino';
 import { isWrite, type Change, type Outputs, type Step, type StepContext, type StepName } from '../steps/types.ts';
-import { isTransient, PartialStepError, retryAfterMs } from './errors.ts';
+import { ConflictError, isTransient, PartialStepError, retryAfterMs } from './errors.ts';
 import type { Settings } from '../settings/schema.ts';
 
 export type Mode = 'plan' | 'apply';
-export type Outcome = 'unchanged' | 'changed' | 'planned' | 'failed' | 'blocked' | 'skipped' | 'observed';
+/** 'conflict': converged except for changes that records of someone else stand in the way of (reported, not failed). */
+export type Outcome = 'unchanged' | 'changed' | 'planned' | 'failed' | 'blocked' | 'skipped' | 'observed' | 'conflict';
 
 export interface StepReport {
   step: StepName;
@@ -158,7 +159,8 @@ export async function runSteps(steps: readonly Step[], opts: RunOptions): Promis
           let have = await step.have(ctx, want);
           let changes = step.changes(want, have);
           let actionable = changes.some((c) => c.action !== 'noop');
-          if (!observeOnly && actionable && opts.beforeWrite) {
+          // A standing conflict is only reported: it needs no Lease, so a run with nothing else to do writes nothing.
+          if (!observeOnly && changes.some((c) => c.action !== 'noop' && c.action !== 'conflict') && opts.beforeWrite) {
             const exclusiveSince = await opts.beforeWrite(step, deadline.signal);
             if (exclusiveSince !== undefined && exclusiveSince > readAt) {
               have = await step.have(ctx, want);
@@ -167,13 +169,19 @@ export async function runSteps(steps: readonly Step[], opts: RunOptions): Promis
             }
           }
           let out: Outputs = step.outputs?.(want, have) ?? {};
+          let conflict: string | undefined;
           if (!observeOnly && actionable) {
-            out = { ...out, ...((await step.change(ctx, changes, want, have)) ?? {}) };
+            try {
+              out = { ...out, ...((await step.change(ctx, changes, want, have)) ?? {}) };
+            } catch (err) {
+              if (!(err instanceof ConflictError)) throw err;
+              conflict = err.message;
+            }
           }
           outputs.set(step.name, out);
           const n = changes.filter(isWrite).length;
-          const outcome: Outcome = observeOnly ? (opts.mode === 'plan' ? 'planned' : 'observed') : n > 0 ? 'changed' : 'unchanged';
-          const r = report({ outcome, changes, attempts: attempt });
+          const outcome: Outcome = observeOnly ? (opts.mode === 'plan' ? 'planned' : 'observed') : conflict !== undefined ? 'conflict' : n > 0 ? 'changed' : 'unchanged';
+          const r = report({ outcome, changes, attempts: attempt, ...(conflict !== undefined ? { error: conflict } : {}) });
           log.info(
             { event: 'finish', outcome, changes: n, durationMs: r.durationMs, attempts: attempt, changed: changes.filter(isWrite).map((c) => `${c.action} ${c.target}`) },
             `${step.name}: ${outcome}${n > 0 ? ` (${n} change${n === 1 ? '' : 's'})` : ''} in ${r.durationMs} ms`,

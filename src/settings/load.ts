@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { settingsSchema, type Settings } from './schema.ts';
-import { fqdn, ipToInt } from './names.ts';
+import { hostFqdn, ipToInt } from './names.ts';
 
 export class SettingsError extends Error {
   readonly problems: string[];
@@ -76,7 +76,7 @@ function crossFieldProblems(s: Settings): string[] {
     const at = `$.hosts[${i}]`;
     let name: string;
     try {
-      name = fqdn(h.name, s.domain);
+      name = hostFqdn(h, s.domain);
     } catch (e) {
       problems.push(`${at}.name: got "${h.name}"; ${(e as Error).message}`);
       return;

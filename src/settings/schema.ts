@@ -16,12 +16,8 @@ export const DEFAULTS = {
 
 const ipv4 = z.string().refine((s) => isIPv4(s), { message: 'expected an IPv4 address like 192.168.0.240' });
 const dnsLabel = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
-const hostname = z
-  .string()
-  .min(1)
-  .refine((s) => s.toLowerCase().replace(/\.$/, '').split('.').every((l) => dnsLabel.test(l)), {
-    message: 'expected a DNS name: labels of a-z, 0-9 and "-", dot-separated',
-  });
+const isHostname = (s: string): boolean => s.toLowerCase().replace(/\.$/, '').split('.').every((l) => dnsLabel.test(l));
+const hostname = z.string().min(1).refine(isHostname, { message: 'expected a DNS name: labels of a-z, 0-9 and "-", dot-separated' });
 const absPath = z.string().refine((s) => s.startsWith('/'), { message: 'expected an absolute file path' });
 const k8sName = z
   .string()
@@ -51,8 +47,19 @@ const jsonObject = z
   .record(z.string(), z.unknown())
   .refine((v) => depth(v, MAX_VALUES_DEPTH + 1) <= MAX_VALUES_DEPTH, `expected values nested at most ${MAX_VALUES_DEPTH} levels deep`);
 
+// Becomes part of every record comment ("managed-by=homelab-bootstrap owner=<id>"), which Cloudflare
+// Free caps at 100 characters.
+export const OWNER_ID = /^[A-Za-z0-9._-]{1,40}$/;
+
 const host = z.strictObject({
-  name: hostname.describe('Label under `domain` ("sonarr") or a full name inside it ("sonarr.example.org").'),
+  name: z
+    .string()
+    .min(1)
+    .refine((n) => n === '@' || isHostname(n), { message: 'expected "@" (the zone apex) or a DNS name: labels of a-z, 0-9 and "-", dot-separated' })
+    .describe('Label under `zone` ("sonarr"), "@" for the apex of `zone`, or a full name inside it ("sonarr.example.org"). Without `zone`, all relative to `domain`.'),
+  zone: hostname
+    .optional()
+    .describe('Cloudflare zone the host lives in, for a host outside `domain` (another zone the API token can edit); defaults to cloudflare.zone (or `domain`).'),
   access: z.enum(['external', 'local'], { message: 'expected "external" (through the tunnel) or "local" (A record on the LAN)' }),
   ip: ipv4.optional().describe('Local hosts only: the A record target; defaults to network.ingressIP.'),
   service: z
@@ -110,6 +117,8 @@ export const settingsSchema = z.strictObject({
     revision: z.string().min(1).default('main'),
     path: z.string().min(1).default('manifests/argocd-homelab').describe('Directory holding the groups of apps.'),
     groups: z.array(k8sName).min(1).default(['infra', 'apps', 'media']).describe('Each group/* directory becomes an Application.'),
+    repoCredentialFile: absPath.optional().describe('Credential: HTTPS token or SSH private key for a private gitops.repoURL.'),
+    repoUsername: z.string().min(1).optional().describe('Username for an HTTPS token (default "git").'),
   }),
   cloudflare: z
     .strictObject({
@@ -120,6 +129,16 @@ export const settingsSchema = z.strictObject({
       apiTokenFile: absPath.describe('Credential: API token (Tunnel Edit, DNS Edit, Zone Read).'),
       apiBaseUrl: z.url().default(DEFAULTS.cloudflareApi),
       adopt: z.boolean().default(false).describe('Take over existing unowned records of every host.'),
+      ownerId: z
+        .string()
+        .regex(OWNER_ID, 'expected 1-40 characters of A-Z, a-z, 0-9, ".", "_" or "-"')
+        .optional()
+        .describe('This install\'s identity in the record comments (managed-by=homelab-bootstrap owner=<ownerId>); records of other owners are never touched. Defaults to tunnelName. Give each install sharing a zone its own.'),
+      adoptExternalDnsOwner: z
+        .string()
+        .min(1)
+        .optional()
+        .describe('With adopt: also delete the external-dns registry TXT records of this external-dns owner (its --txt-owner-id) on adopted names.'),
     })
     .optional()
     .describe('Omit to skip the tunnel and DNS steps.'),

@@ -1,27 +1,22 @@
-// The zone's records for `hosts`: external hosts as proxied CNAMEs to the tunnel, local hosts
-// as A records on the LAN. Records without the ownership comment are never changed; a wanted
-// record that collides with one is a conflict, reported per host while the others are written.
+// The records for `hosts`, in every zone they name: external hosts as proxied CNAMEs to the
+// tunnel, local hosts as A records on the LAN. Records without this install's ownership comment
+// are never changed; a wanted record that collides with one is a conflict, reported per host
+// while the others are written. A run whose only outcome is such conflicts writes nothing and
+// ends as 'conflict' (its own exit code), not as a failure.
 import type { Change, Step } from './types.ts';
 import { CloudflarePermissionError } from '../adapters/cloudflare.ts';
-import { isTransient } from '../engine/errors.ts';
-import {
-  changeKey,
-  desiredDns,
-  namesToLookUp,
-  opChange,
-  planDns,
-  renderedRecords,
-  spec,
-  type DnsOp,
-  type DnsWant,
-  type ExistingRecord,
-} from '../desired/dns.ts';
+import { ConflictError, isTransient } from '../engine/errors.ts';
+import { changeKey, desiredDns, dnsWarnings, opChange, planDns, renderedZones, spec, type DnsOp, type DnsWant, type ExistingRecord } from '../desired/dns.ts';
+
+export interface ZoneHave {
+  zone: string;
+  zoneId: string;
+  /** Every record of the zone: one list shows what the daemon owns and what stands in its way. */
+  records: ExistingRecord[];
+}
 
 export interface DnsHave {
-  zoneId: string;
-  /** Owned records of the zone, plus every record on the names that needed a look. */
-  records: ExistingRecord[];
-  lookedUp: string[];
+  zones: ZoneHave[];
 }
 
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
@@ -39,47 +34,47 @@ export const dnsStep: Step<DnsWant, DnsHave> = {
 
   async have(ctx, want) {
     const cf = ctx.adapters.cloudflare;
-    const zone = await cf.findZone(ctx.signal);
-    // One filtered list finds everything the daemon owns; only names it does not yet own in
-    // the wanted type are read in full, to see what it would collide with. A run with
-    // nothing to do therefore costs one list call.
-    const owned = await cf.listRecords(zone.id, { commentStartsWith: want.marker }, ctx.signal);
-    const names = namesToLookUp(want, owned);
-    const byId = new Map(owned.map((r) => [r.id, r]));
-    for (const name of names) {
-      for (const r of await cf.listRecords(zone.id, { name }, ctx.signal)) byId.set(r.id, r);
+    for (const w of dnsWarnings(ctx.settings)) ctx.log.warn(w);
+    // One list per zone (a homelab zone fits one page); the zone id is looked up only when
+    // it is not configured. A run with nothing to do therefore costs one call per zone.
+    const zones: ZoneHave[] = [];
+    for (const z of want.zones) {
+      const zoneId = z.zoneId ?? (await cf.findZone(z.zone, ctx.signal)).id;
+      zones.push({ zone: z.zone, zoneId, records: await cf.listRecords(zoneId, {}, ctx.signal) });
     }
-    return { zoneId: zone.id, records: [...byId.values()], lookedUp: names };
+    return { zones };
   },
 
-  changes: (want, have) => planDns(want, have.records).map(opChange),
+  changes: (want, have) => planDns(want, have.zones).map(opChange),
 
   async change(ctx, changes: Change[], want, have) {
     const cf = ctx.adapters.cloudflare;
     const requested = new Set(changes.map(changeKey));
-    const ops = planDns(want, have.records).filter((op) => requested.has(changeKey(opChange(op))));
+    const ops = planDns(want, have.zones).filter((op) => requested.has(changeKey(opChange(op))));
+    const zoneId = (zone: string) => have.zones.find((z) => z.zone === zone)!.zoneId;
     // Without the tunnel id a CNAME would point at a placeholder: leave those names untouched.
-    const noTunnel = new Set(want.tunnelId ? [] : want.records.filter((r) => r.type === 'CNAME').map((r) => r.name));
+    const noTunnel = new Set(want.tunnelId ? [] : want.zones.flatMap((z) => z.records).filter((r) => r.type === 'CNAME').map((r) => r.name));
     const problems: string[] = [];
+    const conflicts: string[] = [];
     for (const name of noTunnel) problems.push(`${name}: not written, the tunnel id is unknown (the tunnel step produced none)`);
 
     for (const op of ops) {
       if (op.kind === 'noop' || noTunnel.has(opName(op))) continue;
       if (op.kind === 'conflict') {
-        ctx.log.error({ record: `${op.record.type} ${op.record.name}` }, `conflict: ${op.detail}`);
-        problems.push(`${op.record.name}: conflict: ${op.detail}`);
+        ctx.log.error({ record: `${op.record.type} ${op.record.name}`, zone: op.zone }, `conflict: ${op.detail}`);
+        conflicts.push(`${op.record.name}: conflict: ${op.detail}`);
         continue;
       }
       try {
         if (op.kind === 'delete') {
-          await cf.deleteRecord(have.zoneId, op.existing, ctx.signal);
-          ctx.log.info({ record: `${op.existing.type} ${op.existing.name}` }, `deleted DNS ${op.existing.type} ${op.existing.name} → ${op.existing.content} (${op.reason})`);
+          await cf.deleteRecord(zoneId(op.zone), op.existing, ctx.signal);
+          ctx.log.info({ record: `${op.existing.type} ${op.existing.name}`, zone: op.zone }, `deleted DNS ${op.existing.type} ${op.existing.name} → ${op.existing.content} (${op.reason})`);
         } else if (op.kind === 'update') {
-          await cf.updateRecord(have.zoneId, op.existing.id, spec(op.record), ctx.signal);
-          ctx.log.info({ record: `${op.record.type} ${op.record.name}`, diff: op.diff }, `updated DNS ${op.record.type} ${op.record.name}${op.adopted ? ' (adopted)' : ''}`);
+          await cf.updateRecord(zoneId(op.zone), op.existing.id, op.write, ctx.signal);
+          ctx.log.info({ record: `${op.record.type} ${op.record.name}`, zone: op.zone, diff: op.diff }, `updated DNS ${op.record.type} ${op.record.name}${op.takeOver ? ` (taken over: ${op.takeOver})` : ''}`);
         } else {
-          await cf.createRecord(have.zoneId, spec(op.record), ctx.signal);
-          ctx.log.info({ record: `${op.record.type} ${op.record.name}` }, `created DNS ${op.record.type} ${op.record.name} → ${op.record.content}`);
+          await cf.createRecord(zoneId(op.zone), spec(op.record), ctx.signal);
+          ctx.log.info({ record: `${op.record.type} ${op.record.name}`, zone: op.zone }, `created DNS ${op.record.type} ${op.record.name} → ${op.record.content}`);
         }
       } catch (e) {
         // Worth a retry of the whole step (or hopeless for every record): stop here.
@@ -88,10 +83,13 @@ export const dnsStep: Step<DnsWant, DnsHave> = {
         problems.push(`${opName(op)}: ${message(e)}`);
       }
     }
-    if (problems.length > 0) {
-      throw new Error(`${problems.length} DNS record${problems.length === 1 ? '' : 's'} not reconciled (all others are in place): ${problems.join('; ')}`);
+    const all = [...problems, ...conflicts];
+    const n = all.length;
+    if (problems.length > 0) throw new Error(`${n} DNS record${n === 1 ? '' : 's'} not reconciled (all others are in place): ${all.join('; ')}`);
+    if (conflicts.length > 0) {
+      throw new ConflictError(`${n} DNS record${n === 1 ? '' : 's'} not written because of a conflict (all others are in place): ${conflicts.join('; ')}`);
     }
   },
 
-  rendered: (want) => ({ dns: { zone: want.zone, records: renderedRecords(want) } }),
+  rendered: (want) => ({ dns: renderedZones(want) }),
 };

@@ -32,7 +32,7 @@ export type ChangeAction = 'create' | 'update' | 'delete' | 'noop' | 'wait' | 'c
 
 export interface Change {
   action: ChangeAction;
-  /** What is changed, readable: "HelmRelease kube-system/cilium", "DNS A sonarr.example.org". */
+  /** What is changed, readable: "HelmRelease kube-system/cilium", "DNS A sonarr.example.org (zone example.org)". */
   target: string;
   diff?: FieldDiff[];
   /** One human sentence, e.g. why a conflict or what a wait is for. Never secret. */
@@ -100,11 +100,17 @@ export interface TunnelIngressRule {
   service: string;
 }
 
+/** One Cloudflare zone's records, as `render` prints them. */
+export interface RenderedZone {
+  zone: string;
+  records: DnsRecordSpec[];
+}
+
 /** The whole desired state, as `render` prints it. Secret values appear only as references. */
 export interface Rendered {
   helmReleases: HelmReleaseSpec[];
   objects: KubeObject[];
-  dns: { zone: string; records: DnsRecordSpec[] } | null;
+  dns: RenderedZone[] | null;
   tunnel: { name: string; ingress: TunnelIngressRule[] } | null;
 }
 

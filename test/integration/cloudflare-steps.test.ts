@@ -21,13 +21,15 @@ import { createLogger, type Logger } from '../../src/log.ts';
 import type { Change, KubeObject, Outputs, Step, StepContext } from '../../src/steps/types.ts';
 import { tunnelStep, PartialStepError } from '../../src/steps/tunnel.ts';
 import { dnsStep } from '../../src/steps/dns.ts';
-import { isTransient, retryAfterMs } from '../../src/engine/errors.ts';
+import { ConflictError, isTransient, retryAfterMs } from '../../src/engine/errors.ts';
+import { main, EXIT } from '../../src/cli.ts';
 import { runSteps } from '../../src/engine/run.ts';
 
 const TOKEN = 'cf-api-token-for-the-emulator-0123456789';
 const ACCOUNT = '0123456789abcdef0123456789abcdef';
 const ZONE = 'peterstorm.io';
-const MARKER = 'managed-by=homelab-bootstrap';
+const LEGACY = 'managed-by=homelab-bootstrap';
+const MARKER = `${LEGACY} owner=homelab`;
 const INGRESS_SERVICE = 'http://cilium-ingress.kube-system.svc.cluster.local:80';
 const example = JSON.parse(readFileSync(new URL('../../examples/homelab.json', import.meta.url), 'utf8')) as Record<string, any>;
 
@@ -191,8 +193,8 @@ describe('cold run, then a run with nothing to do', () => {
     assert.ok(await kubeGet(h, 'Namespace', 'cloudflared'));
 
     // Exactly the calls the design intends: tunnel list ×3 (have, before and after create), token,
-    // zone, owned list, nine name lookups; one tunnel create, nine record creates, one ingress put.
-    assert.deepEqual(coldCalls, { GET: 15, POST: 10, PUT: 1 });
+    // zone, one list of the zone; one tunnel create, nine record creates, one ingress put.
+    assert.deepEqual(coldCalls, { GET: 6, POST: 10, PUT: 1 });
     const coldKube = await countRequests(cp, { since: mark });
     assert.deepEqual(coldKube.byVerb.patch, 2, `kube writes: ${JSON.stringify(coldKube.byResource)}`);
     assert.equal(coldKube.writes, 2);
@@ -261,13 +263,14 @@ describe('records the daemon does not own', () => {
     const planned = dnsStep.changes(want, await dnsStep.have(ctx, want));
     assert.deepEqual(
       planned.filter((c) => c.action === 'conflict').map((c) => c.target),
-      [`DNS A grafana.${ZONE}`, `DNS A sonarr.${ZONE}`],
+      [`DNS A grafana.${ZONE} (zone ${ZONE})`, `DNS A sonarr.${ZONE} (zone ${ZONE})`],
     );
-    assert.match(planned.find((c) => c.target === `DNS A sonarr.${ZONE}`)!.detail!, /192\.168\.0\.10.*not created by homelab-bootstrap.*adopt/);
+    assert.match(planned.find((c) => c.target === `DNS A sonarr.${ZONE} (zone ${ZONE})`)!.detail!, /192\.168\.0\.10.*not created by homelab-bootstrap.*adopt/);
 
-    // apply reports them as errors, and writes everything else
+    // apply reports them as conflicts, and writes everything else
     await assert.rejects(drive(h, dnsStep, tunnel.outputs), (e: Error) => {
-      assert.match(e.message, /^2 DNS records not reconciled/);
+      assert.ok(e instanceof ConflictError);
+      assert.match(e.message, /^2 DNS records not written because of a conflict/);
       assert.match(e.message, /sonarr\.peterstorm\.io: conflict/);
       assert.match(e.message, /grafana\.peterstorm\.io: conflict/);
       return true;
@@ -279,11 +282,275 @@ describe('records the daemon does not own', () => {
     // adopt on one host takes that record over explicitly; the other conflict stays
     const adopting = harness((s) => (s.hosts.find((x: { name: string }) => x.name === 'grafana').adopt = true));
     emu.resetLog();
-    await assert.rejects(drive(adopting, dnsStep, tunnel.outputs), /^Error: 1 DNS record not reconciled.*sonarr/);
+    await assert.rejects(drive(adopting, dnsStep, tunnel.outputs), /^ConflictError: 1 DNS record not written.*sonarr/);
     assert.deepEqual(emu.writes().map((w) => `${w.method} ${w.path}`), [`PUT /zones/${emu.zone(ZONE).id}/dns_records/${seeded[1]!.id}`]);
     const grafana = emu.records(ZONE).find((r) => r.id === seeded[1]!.id)!;
     assert.equal(grafana.comment, MARKER);
+    // The external host sits beside the apex's MX and radarr's TXT without any conflict.
+    assert.ok(emu.records(ZONE).some((r) => r.name === `radarr.${ZONE}` && r.type === 'A' && r.comment === MARKER));
     assert.equal(emu.records(ZONE).find((r) => r.id === seeded[0]!.id)!.comment, 'my NAS');
+  });
+});
+
+const SECOND = 'storm.example';
+
+/** What a person changed must survive: every seeded record exactly as it was. */
+function assertUntouched(zone: string, seeded: { id: string }[]) {
+  for (const s of seeded) assert.deepEqual(emu.records(zone).find((r) => r.id === s.id), s, `record ${s.id} changed`);
+}
+
+describe('names the tunnel CNAME may share', () => {
+  it('an external host beside TXT, MX and CAA records, and one at the apex beside the mail records, converge and leave them alone', async () => {
+    const seeded = [
+      emu.seedRecord(ZONE, { type: 'TXT', name: 'echo-server', content: 'google-site-verification=abc' }),
+      emu.seedRecord(ZONE, { type: 'CAA', name: 'echo-server', data: { flags: 0, tag: 'issue', value: 'pki.goog' } }),
+      emu.seedRecord(ZONE, { type: 'MX', name: 'echo-server', content: 'mx.example.net', priority: 5 }),
+      emu.seedRecord(ZONE, { type: 'MX', name: '@', content: 'mail.example.net', priority: 10 }),
+      emu.seedRecord(ZONE, { type: 'TXT', name: '@', content: 'v=spf1 include:_spf.example.net -all' }),
+      emu.seedRecord(ZONE, { type: 'CAA', name: '@', data: { flags: 0, tag: 'issue', value: 'letsencrypt.org' } }),
+    ];
+    const h = harness((s) => s.hosts.push({ name: '@', access: 'external' }));
+    const run = await converge(h);
+    const tunnelId = emu.liveTunnels()[0]!.id;
+    assert.deepEqual(run.dns.changes.filter((c) => c.action === 'conflict'), []);
+    const cname = (name: string) => emu.records(ZONE).filter((r) => r.name === name && r.type === 'CNAME').map((r) => [r.content, r.proxied, r.comment]);
+    assert.deepEqual(cname(`echo-server.${ZONE}`), [[`${tunnelId}.cfargotunnel.com`, true, MARKER]]);
+    assert.deepEqual(cname(ZONE), [[`${tunnelId}.cfargotunnel.com`, true, MARKER]]);
+    assert.deepEqual(emu.liveTunnels()[0]!.config?.ingress.map((r) => r.hostname), [`echo-server.${ZONE}`, ZONE, undefined]);
+    assertUntouched(ZONE, seeded);
+    emu.resetLog();
+    await converge(h);
+    assert.deepEqual(emu.writes(), []);
+  });
+});
+
+describe('a second zone served from the same tunnel', () => {
+  it('hosts in another zone (apex and www) are reconciled there with the same rules; a no-op costs one list per zone and one zone lookup', async (t) => {
+    emu.addZone(SECOND);
+    const theirs = emu.seedRecord(SECOND, { type: 'A', name: 'nas', content: '192.168.0.10', comment: 'by hand' });
+    const mx = emu.seedRecord(SECOND, { type: 'MX', name: '@', content: 'mail.example.net', priority: 10 });
+    const withSecond = (s: Record<string, any>) => {
+      s.cloudflare.zoneId = emu.zone(ZONE).id;
+      s.hosts.push({ name: '@', zone: SECOND, access: 'external' }, { name: 'www', zone: SECOND, access: 'external' });
+    };
+    const h = harness(withSecond);
+    const run = await converge(h);
+    const tunnelId = emu.liveTunnels()[0]!.id;
+    assert.deepEqual(zoneRecords(), spec9(tunnelId));
+    assert.deepEqual(
+      emu.records(SECOND).filter((r) => r.comment === MARKER).map((r) => [r.type, r.name, r.content, r.proxied]).sort(),
+      [
+        ['CNAME', SECOND, `${tunnelId}.cfargotunnel.com`, true],
+        ['CNAME', `www.${SECOND}`, `${tunnelId}.cfargotunnel.com`, true],
+      ],
+    );
+    assertUntouched(SECOND, [theirs, mx]);
+    assert.deepEqual(emu.liveTunnels()[0]!.config?.ingress.map((r) => r.hostname), [`echo-server.${ZONE}`, SECOND, `www.${SECOND}`, undefined]);
+    assert.ok(writes(run.dns.changes).some((c) => c.target === `DNS CNAME www.${SECOND} (zone ${SECOND})`));
+
+    emu.resetLog();
+    await converge(h);
+    t.diagnostic(`no-op with two zones: ${JSON.stringify(emu.countByMethod())}`);
+    assert.deepEqual(emu.writes(), []);
+    const dnsGets = emu.requests.filter((r) => r.path.startsWith('/zones'));
+    // The default zone's id is configured: one zone lookup (the second zone), one list per zone.
+    assert.deepEqual(dnsGets.map((r) => (r.path === '/zones' ? `zones?${r.search}` : r.path.replace(/\/zones\/[0-9a-f]+/, '/zones/<id>'))), [
+      '/zones/<id>/dns_records',
+      `zones?name=${SECOND}&account.id=${ACCOUNT}`,
+      '/zones/<id>/dns_records',
+    ]);
+
+    // A host removed from the second zone is pruned there.
+    const fewer = harness((s) => {
+      withSecond(s);
+      s.hosts = s.hosts.filter((x: { name: string }) => x.name !== 'www');
+    });
+    await converge(fewer);
+    assert.deepEqual(emu.records(SECOND).filter((r) => r.comment === MARKER).map((r) => r.name), [SECOND]);
+  });
+});
+
+describe('a token that reaches one zone and not the other', () => {
+  it('names the zone it cannot edit', async () => {
+    emu.addZone(SECOND);
+    const secondId = emu.zone(SECOND).id;
+    // The emulator's tokens reach every zone; the fetch seam plays a token scoped to the first one.
+    const h = harness(
+      (s) => s.hosts.push({ name: 'www', zone: SECOND, access: 'external' }),
+      {
+        fetch: async (input, init) => {
+          if (init?.method === 'POST' && String(input).includes(`/zones/${secondId}/`)) {
+            return new Response(JSON.stringify({ success: false, errors: [{ code: 10000, message: 'Authentication error' }], messages: [], result: null }), { status: 403, headers: { 'content-type': 'application/json' } });
+          }
+          return fetch(input, init);
+        },
+      },
+    );
+    const tunnel = await drive(h, tunnelStep);
+    await assert.rejects(drive(h, dnsStep, tunnel.outputs), /Cloudflare refused creating DNS CNAME www\.storm\.example .*lacks the permission "Zone › DNS › Edit" on zone storm\.example;/);
+  });
+});
+
+describe('records made by hand, and notes', () => {
+  it('a hand-made CNAME that already points at this tunnel is taken over without adopt; its comment becomes the note', async () => {
+    const h = harness();
+    const tunnel = await drive(h, tunnelStep);
+    const tunnelId = tunnel.outputs.tunnelId as string;
+    const hand = emu.seedRecord(ZONE, { type: 'CNAME', name: 'echo-server', content: `${tunnelId}.cfargotunnel.com`, proxied: true, comment: 'made in the dashboard' });
+    emu.resetLog();
+    const run = await drive(h, dnsStep, tunnel.outputs);
+    assert.match(run.changes.find((c) => c.target.startsWith('DNS CNAME'))!.detail!, /already points at this tunnel/);
+    assert.deepEqual(emu.writes().filter((w) => w.method !== 'POST').map((w) => `${w.method} ${w.path}`), [`PUT /zones/${emu.zone(ZONE).id}/dns_records/${hand.id}`]);
+    assert.equal(emu.records(ZONE).find((r) => r.id === hand.id)!.comment, `${MARKER} made in the dashboard`);
+    assert.deepEqual(zoneRecords().map((r) => ({ ...r, comment: r.comment?.startsWith(MARKER) ? MARKER : r.comment })), spec9(tunnelId));
+  });
+
+  it("an update keeps what a person wrote after the marker (cut to fit 100 characters, never the marker)", async () => {
+    const h = harness();
+    await converge(h);
+    const plex = [...emu.zone(ZONE).records.values()].find((r) => r.name === `plex.${ZONE}`)!;
+    const sonarr = [...emu.zone(ZONE).records.values()].find((r) => r.name === `sonarr.${ZONE}`)!;
+    plex.content = '192.168.0.242';
+    plex.comment = `${MARKER} - Plex has its own LB IP; ask Anna before changing`;
+    sonarr.ttl = 300;
+    sonarr.comment = `${MARKER}; ${'n'.repeat(100 - MARKER.length - 2)}`;
+    emu.resetLog();
+    await converge(h);
+    assert.deepEqual(emu.writes().map((w) => w.method), ['PUT', 'PUT']);
+    const after = (id: string) => emu.records(ZONE).find((r) => r.id === id)!;
+    assert.equal(after(plex.id).content, '192.168.0.241');
+    assert.equal(after(plex.id).comment, `${MARKER} - Plex has its own LB IP; ask Anna before changing`);
+    assert.equal(after(sonarr.id).ttl, 1);
+    assert.equal(after(sonarr.id).comment, sonarr.comment);
+  });
+});
+
+describe('several installs on one zone (owner identity)', () => {
+  const staging = (s: Record<string, any>) => {
+    s.cloudflare.tunnelName = 'staging';
+    s.hosts = [
+      { name: 'stage-app', access: 'local', ip: '192.168.0.241' },
+      { name: 'stage-web', access: 'external' },
+      { name: 'sonarr', access: 'local' }, // a name the first install owns
+    ];
+  };
+
+  it("two installs with different owners share a zone over several runs without deleting each other's records", async () => {
+    const home = harness();
+    const stage = harness(staging);
+    const homeRecords = () => emu.records(ZONE).filter((r) => r.comment === MARKER).map((r) => r.id).sort();
+    const stageRecords = () => emu.records(ZONE).filter((r) => r.comment === `${LEGACY} owner=staging`).map((r) => `${r.type} ${r.name}`).sort();
+    await converge(home);
+    const homeIds = homeRecords();
+    assert.equal(homeIds.length, 9);
+    for (let round = 1; round <= 3; round++) {
+      emu.resetLog();
+      await assert.rejects(converge(stage), (e: Error) => e instanceof ConflictError && /sonarr\.peterstorm\.io already has A sonarr\.peterstorm\.io → 192\.168\.0\.240, owned by another homelab-bootstrap install \(owner=homelab\)/.test(e.message));
+      const stageWrites = emu.writes().filter((w) => w.path.includes('dns_records'));
+      assert.deepEqual(stageWrites.map((w) => w.method), round === 1 ? ['POST', 'POST'] : [], `round ${round}: staging DNS writes`);
+      emu.resetLog();
+      await converge(home);
+      assert.deepEqual(emu.writes(), [], `round ${round}: the first install writes nothing`);
+      assert.deepEqual(homeRecords(), homeIds, `round ${round}: the first install's records are all there`);
+      assert.deepEqual(stageRecords(), [`A stage-app.${ZONE}`, `CNAME stage-web.${ZONE}`], `round ${round}: the second install's records are all there`);
+    }
+  });
+
+  it('an install upgraded from the bare marker takes its records over in place: no delete, no create, notes kept', async () => {
+    const h = harness();
+    await converge(h);
+    // What the version before owner ids left in the zone.
+    for (const r of emu.zone(ZONE).records.values()) r.comment = r.name === `plex.${ZONE}` ? `${LEGACY} (Plex LB)` : LEGACY;
+    const before = emu.records(ZONE).map((r) => r.id).sort();
+    emu.resetLog();
+    const run = await converge(h);
+    assert.deepEqual([...new Set(emu.writes().map((w) => w.method))], ['PUT']);
+    assert.equal(emu.writes().filter((w) => w.path.includes('dns_records')).length, 9);
+    assert.deepEqual(emu.records(ZONE).map((r) => r.id).sort(), before, 'the same records, never a gap');
+    assert.ok(run.dns.changes.filter((c) => c.action === 'update').every((c) => /earlier version/.test(c.detail ?? '')));
+    assert.equal(emu.records(ZONE).find((r) => r.name === `plex.${ZONE}`)!.comment, `${MARKER} (Plex LB)`);
+    assert.equal(emu.records(ZONE).filter((r) => r.comment === MARKER).length, 8);
+    emu.resetLog();
+    await converge(h);
+    assert.deepEqual(emu.writes(), []);
+  });
+});
+
+describe('a colliding record added by hand', () => {
+  it('a second A on a managed name: plan exits 2 showing it; apply writes nothing (no Lease either) and exits 4 naming the record and what to do', async () => {
+    const h = harness();
+    await converge(h);
+    const second = emu.seedRecord(ZONE, { type: 'A', name: 'sonarr', content: '192.168.0.99' });
+    const settingsFile = join(dir, 'collide.json');
+    const s = structuredClone(example);
+    Object.assign(s, { kubeconfigFile: cp.kubeconfigPath });
+    Object.assign(s.cloudflare, { apiTokenFile: join(dir, 'cf-token'), apiBaseUrl: emu.baseUrl, accountId: ACCOUNT });
+    writeFileSync(settingsFile, JSON.stringify(s));
+    const stateDir = mkdtempSync(join(dir, 'state-'));
+    const cli = async (...argv: string[]) => {
+      let out = '';
+      let err = '';
+      const code = await main([...argv, '--config', settingsFile, '--state-dir', stateDir, '--log-level', 'silent'], { out: (x) => void (out += x), err: (x) => void (err += x) });
+      return { code, out, err };
+    };
+
+    const plan = await cli('plan', '--only', 'dns');
+    assert.equal(plan.code, EXIT.planChanges, plan.out + plan.err);
+    assert.match(plan.out, /! conflict DNS A sonarr\.peterstorm\.io \(zone peterstorm\.io\): sonarr\.peterstorm\.io already has A sonarr\.peterstorm\.io → 192\.168\.0\.99, not created by homelab-bootstrap; .*delete it in the Cloudflare dashboard, or set "adopt": true/);
+
+    emu.resetLog();
+    const mark = await auditMark(cp);
+    for (let i = 0; i < 2; i++) {
+      const apply = await cli('apply', '--only', 'dns');
+      assert.equal(apply.code, EXIT.conflicts, apply.out + apply.err);
+      assert.equal(EXIT.conflicts, 4);
+      assert.match(apply.out, /dns\s+conflict\s+0 .*sonarr\.peterstorm\.io: conflict: .*192\.168\.0\.99/);
+    }
+    assert.deepEqual(emu.writes(), [], 'no Cloudflare write');
+    const kube = await countRequests(cp, { since: mark });
+    assert.equal(kube.writes, 0, `no apiserver write, the Lease included: ${JSON.stringify(kube.byResource)}`);
+    assert.equal(await h.adapters.kube.get('coordination.k8s.io/v1', 'Lease', 'homelab-bootstrap', 'kube-system'), undefined);
+    assert.deepEqual(emu.records(ZONE).find((r) => r.id === second.id), second);
+  });
+});
+
+describe('adoption of external-dns records (cloudflare.adoptExternalDnsOwner)', () => {
+  it("updates the old records in place and deletes only the named owner's registry TXT records on adopted names", async () => {
+    const h0 = harness();
+    const tunnelId = (await drive(h0, tunnelStep)).outputs.tunnelId as string;
+    const registry = (owner: string, res: string) => `"heritage=external-dns,external-dns/owner=${owner},external-dns/resource=ingress/${res}"`;
+    const sonarr = emu.seedRecord(ZONE, { type: 'A', name: 'sonarr', content: '192.168.0.242', ttl: 300 });
+    const echo = emu.seedRecord(ZONE, { type: 'CNAME', name: 'echo-server', content: 'old-lb.example.net', proxied: true });
+    const gone = [
+      emu.seedRecord(ZONE, { type: 'TXT', name: 'sonarr', content: registry('homelab', 'media/sonarr') }), // old format, same name
+      emu.seedRecord(ZONE, { type: 'TXT', name: 'a-sonarr', content: registry('homelab', 'media/sonarr') }), // new format
+      emu.seedRecord(ZONE, { type: 'TXT', name: 'cname-echo-server', content: registry('homelab', 'echo/echo') }),
+    ];
+    const kept = [
+      emu.seedRecord(ZONE, { type: 'TXT', name: 'a-radarr', content: registry('another-cluster', 'media/radarr') }),
+      emu.seedRecord(ZONE, { type: 'TXT', name: 'sonarr', content: 'v=spf1 -all' }),
+      emu.seedRecord(ZONE, { type: 'TXT', name: 'a-nas', content: registry('homelab', 'misc/nas') }), // not a host here
+    ];
+    const h = harness((s) => {
+      s.cloudflare.adopt = true;
+      s.cloudflare.adoptExternalDnsOwner = 'homelab';
+    });
+    emu.resetLog();
+    await drive(h, dnsStep, { tunnelId });
+    const zid = emu.zone(ZONE).id;
+    const w = emu.writes().map((x) => `${x.method} ${x.path}`);
+    assert.ok(w.includes(`PUT /zones/${zid}/dns_records/${sonarr.id}`));
+    assert.ok(w.includes(`PUT /zones/${zid}/dns_records/${echo.id}`));
+    assert.deepEqual(w.filter((x) => x.startsWith('DELETE')).sort(), gone.map((g) => `DELETE /zones/${zid}/dns_records/${g.id}`).sort());
+    assert.equal(w.filter((x) => x.startsWith('POST')).length, 7, 'only the seven hosts that had no record are created');
+    const now = (id: string) => emu.records(ZONE).find((r) => r.id === id);
+    assert.deepEqual([now(sonarr.id)!.content, now(sonarr.id)!.ttl, now(sonarr.id)!.comment], ['192.168.0.240', 1, MARKER]);
+    assert.deepEqual([now(echo.id)!.content, now(echo.id)!.comment], [`${tunnelId}.cfargotunnel.com`, MARKER]);
+    assertUntouched(ZONE, kept);
+    for (const g of gone) assert.equal(now(g.id), undefined);
+    emu.resetLog();
+    await drive(h, dnsStep, { tunnelId });
+    assert.deepEqual(emu.writes(), []);
   });
 });
 
@@ -297,7 +564,7 @@ describe('a host removed from settings', () => {
     const fewer = harness((s) => (s.hosts = s.hosts.filter((x: { name: string }) => x.name !== 'transmission')));
     emu.resetLog();
     const run = await converge(fewer);
-    assert.deepEqual(writes([...run.tunnel.changes, ...run.dns.changes]).map((c) => `${c.action} ${c.target}`), [`delete DNS A transmission.${ZONE} → 192.168.0.240`]);
+    assert.deepEqual(writes([...run.tunnel.changes, ...run.dns.changes]).map((c) => `${c.action} ${c.target}`), [`delete DNS A transmission.${ZONE} → 192.168.0.240 (zone ${ZONE})`]);
     assert.deepEqual(emu.writes().map((w) => `${w.method} ${w.path}`), [`DELETE /zones/${emu.zone(ZONE).id}/dns_records/${gone.id}`]);
     assert.deepEqual(emu.records(ZONE), before.filter((r) => r.id !== gone.id));
     assert.ok(emu.records(ZONE).some((r) => r.id === by.id));

@@ -139,8 +139,6 @@ describe('cluster steps against a real kube-apiserver', () => {
   const settings = () => settingsFor(cp.kubeconfigPath, keyFile);
 
   before(async () => {
-    // Loaded once up front (it takes a second on a busy machine), so step timings measure steps.
-    await import('@kubernetes/client-node');
     cp = await startControlPlane();
     dir = mkdtempSync(join(tmpdir(), 'hb-cluster-steps-'));
     keyFile = join(dir, 'keys.txt');

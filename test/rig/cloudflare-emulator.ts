@@ -31,6 +31,7 @@ export interface EmulatorRecord {
   proxied: boolean;
   ttl: number;
   priority?: number;
+  data?: Record<string, unknown>;
   comment: string | null;
   tags: string[];
   settings: Record<string, unknown>;
@@ -106,7 +107,9 @@ export interface EmulatorOptions {
 
 const API_ROOT = '/client/v4';
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
-const DNS_TYPES = new Set(['A', 'AAAA', 'CNAME', 'TXT', 'MX']);
+const DNS_TYPES = new Set(['A', 'AAAA', 'CNAME', 'TXT', 'MX', 'CAA', 'NS']);
+// What Cloudflare refuses to put beside a CNAME on one name; TXT, MX, CAA and the rest may share it.
+const CNAME_EXCLUSIVE = new Set(['A', 'AAAA', 'CNAME', 'NS']);
 const PROXIABLE = new Set(['A', 'AAAA', 'CNAME']);
 const COMMENT_LIMIT = 100; // Free plan
 const TAG_QUOTA = 0; // Free plan
@@ -552,6 +555,10 @@ export class CloudflareEmulator {
     let name = input.name.trim().toLowerCase().replace(/\.$/, '');
     if (name === '@') name = zone.name;
     else if (name !== zone.name && !name.endsWith(`.${zone.name}`)) name = `${name}.${zone.name}`;
+    // CAA comes as structured `data`; the API derives its content from it.
+    const caa = type === 'CAA' && input.data && typeof input.data === 'object' ? (input.data as Record<string, unknown>) : undefined;
+    if (caa && (typeof caa.flags !== 'number' || typeof caa.tag !== 'string' || typeof caa.value !== 'string')) throw new HttpError(400, { code: 9007, message: 'Content for CAA record is invalid.' });
+    if (caa) input = { ...input, content: `${caa.flags as number} ${caa.tag as string} "${caa.value as string}"` };
     if (typeof input.content !== 'string' || input.content === '') throw new HttpError(400, { code: 9007, message: `Content for ${type} record is invalid.` });
     let content = input.content;
     if (type === 'A' && !isIPv4(content)) throw new HttpError(400, { code: 9005, message: 'Content for A record must be a valid IPv4 address.' });
@@ -584,11 +591,10 @@ export class CloudflareEmulator {
     }
 
     const others = [...zone.records.values()].filter((r) => r.name === name && r.id !== existing?.id);
-    if (type === 'CNAME' && others.length > 0) {
+    if (type === 'CNAME' && others.some((r) => CNAME_EXCLUSIVE.has(r.type))) {
       throw new HttpError(400, { code: 81053, message: 'An A, AAAA, or CNAME record with that host already exists.' });
     }
-    if (others.some((r) => r.type === 'CNAME')) {
-      if (type === 'A' || type === 'AAAA') throw new HttpError(400, { code: 81053, message: 'An A, AAAA, or CNAME record with that host already exists.' });
+    if (CNAME_EXCLUSIVE.has(type) && others.some((r) => r.type === 'CNAME')) {
       throw new HttpError(400, { code: 81054, message: 'A CNAME record with that host already exists.' });
     }
     if (others.some((r) => r.type === type && r.content === content)) throw new HttpError(400, { code: 81058, message: 'An identical record already exists.' });
@@ -606,6 +612,7 @@ export class CloudflareEmulator {
       // Proxied records always read back as automatic TTL, whatever was sent.
       ttl: proxied ? 1 : ttl,
       ...(type === 'MX' ? { priority: input.priority as number } : {}),
+      ...(caa ? { data: { flags: caa.flags, tag: caa.tag, value: caa.value } } : {}),
       comment,
       tags: [],
       settings: {},
@@ -730,7 +737,7 @@ function asObject(v: unknown): Record<string, unknown> {
 }
 
 function recordInput(r: EmulatorRecord): Record<string, unknown> {
-  return { type: r.type, name: r.name, content: r.content, proxied: r.proxied, ttl: r.ttl, comment: r.comment, ...(r.priority !== undefined ? { priority: r.priority } : {}) };
+  return { type: r.type, name: r.name, content: r.content, proxied: r.proxied, ttl: r.ttl, comment: r.comment, ...(r.priority !== undefined ? { priority: r.priority } : {}), ...(r.data !== undefined ? { data: r.data } : {}) };
 }
 
 function zoneView(z: EmulatorZone) {

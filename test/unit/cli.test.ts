@@ -28,6 +28,21 @@ test('validate-config accepts the example', async () => {
   assert.equal(r.code, EXIT.ok, r.err);
 });
 
+test('validate-config warns (stderr, exit 0) about an external host deeper than one level under its zone, naming it', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hb-cli-'));
+  const s = JSON.parse(readFileSync(example, 'utf8'));
+  // A deep local host needs no certificate from Cloudflare: no warning for it.
+  s.hosts.push({ name: 'app.lab.peterstorm.io', access: 'local' }, { name: 'shop.lab.peterstorm.io', access: 'external' });
+  const file = join(dir, 'deep.json');
+  writeFileSync(file, JSON.stringify(s));
+  const r = await run('validate-config', file);
+  assert.equal(r.code, EXIT.ok, r.err);
+  assert.match(r.out, /valid/);
+  assert.equal(r.err.trim().split('\n').length, 1, r.err);
+  assert.match(r.err, /warning: \$\.hosts\[10\] \(shop\.lab\.peterstorm\.io\): 2 levels below the zone peterstorm\.io; Cloudflare's free Universal SSL certificate/);
+  assert.equal((await run('validate-config', example)).err, '');
+});
+
 test('validate-config on a broken file exits 65 naming the JSON path and the value', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'hb-cli-'));
   const s = JSON.parse(readFileSync(example, 'utf8'));
@@ -62,7 +77,7 @@ test('render --output json parses and holds every part of the desired state', as
   assert.equal(r.code, EXIT.ok, r.err);
   const out = JSON.parse(r.out);
   assert.deepEqual(out.helmReleases.map((h: any) => `${h.namespace}/${h.name}`), ['kube-system/cilium', 'argocd/argocd']);
-  assert.equal(out.dns.records.length, 9);
+  assert.deepEqual(out.dns.map((z: any) => [z.zone, z.records.length]), [['peterstorm.io', 9]]);
   assert.equal(out.tunnel.ingress.at(-1).service, 'http_status:404');
   const kinds = out.objects.map((o: any) => o.kind);
   for (const k of ['CiliumLoadBalancerIPPool', 'CiliumL2AnnouncementPolicy', 'ApplicationSet']) assert.ok(kinds.includes(k), `render lacks ${k}`);
@@ -95,4 +110,17 @@ test('status reports the last run per step from the state directory', async () =
   assert.equal(r.code, EXIT.failed);
   assert.match(r.out, /last run: apply .* FAILED/);
   assert.match(r.out, /dns +failed .*zone not found/);
+});
+
+test('status of a run that converged except for reported DNS conflicts: ok, and exit 4 like the run', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'hb-state-'));
+  recordRun(dir, 'apply', Date.now() - 1000, [
+    { step: 'tunnel', outcome: 'unchanged', changes: [], startedAt: new Date().toISOString(), durationMs: 12, attempts: 1 },
+    { step: 'dns', outcome: 'conflict', changes: [{ action: 'conflict', target: 'DNS A sonarr.example.org (zone example.org)' }], error: '1 DNS record not written because of a conflict', startedAt: new Date().toISOString(), durationMs: 40, attempts: 1 },
+  ]);
+  const r = await run('status', '--state-dir', dir);
+  assert.equal(r.code, EXIT.conflicts);
+  assert.equal(EXIT.conflicts, 4);
+  assert.match(r.out, /last run: apply .* ok, 0 changes/);
+  assert.match(r.out, /dns +conflict .*because of a conflict/);
 });

@@ -200,15 +200,31 @@ describe('DNS records', () => {
     assert.deepEqual(await codeOf(sdk().dns.records.create(record({ ttl: 30 }))), { status: 400, code: 9021 });
   });
 
-  it('rejects a CNAME beside an A, an A beside a CNAME, and a CNAME beside any other record (81053)', async () => {
+  it('rejects a CNAME beside an A, AAAA, CNAME or NS (81053) and an A or AAAA beside a CNAME (81054)', async () => {
     const cf = sdk();
     await cf.dns.records.create(record());
     assert.deepEqual(await codeOf(cf.dns.records.create(record({ type: 'CNAME', content: 'x.example.net' }))), { status: 400, code: 81053 });
     await cf.dns.records.create(record({ name: 'echo.example.org', type: 'CNAME', content: 'x.example.net' }));
-    assert.deepEqual(await codeOf(cf.dns.records.create(record({ name: 'echo.example.org' }))), { status: 400, code: 81053 });
+    assert.deepEqual(await codeOf(cf.dns.records.create(record({ name: 'echo.example.org' }))), { status: 400, code: 81054 });
+    assert.deepEqual(await codeOf(cf.dns.records.create(record({ name: 'echo.example.org', type: 'AAAA', content: '2001:db8::1' }))), { status: 400, code: 81054 });
     assert.deepEqual(await codeOf(cf.dns.records.create(record({ name: 'echo.example.org', type: 'CNAME', content: 'y.example.net' }))), { status: 400, code: 81053 });
+    emu.seedRecord('example.org', { type: 'NS', name: 'lab', content: 'ns1.example.net' });
+    assert.deepEqual(await codeOf(cf.dns.records.create(record({ name: 'lab.example.org', type: 'CNAME', content: 'x.example.net' }))), { status: 400, code: 81053 });
+  });
+
+  it('lets TXT, MX and CAA share a name with a CNAME, in either order (the apex included, where Cloudflare flattens the CNAME)', async () => {
+    const cf = sdk();
     emu.seedRecord('example.org', { type: 'TXT', name: 'txt', content: 'v=spf1 -all' });
-    assert.deepEqual(await codeOf(cf.dns.records.create(record({ name: 'txt.example.org', type: 'CNAME', content: 'x.example.net' }))), { status: 400, code: 81053 });
+    emu.seedRecord('example.org', { type: 'MX', name: '@', content: 'mail.example.net', priority: 10 });
+    emu.seedRecord('example.org', { type: 'CAA', name: '@', data: { flags: 0, tag: 'issue', value: 'letsencrypt.org' } });
+    await cf.dns.records.create(record({ name: 'txt.example.org', type: 'CNAME', content: 'x.example.net' }));
+    const apex = await cf.dns.records.create(record({ name: '@', type: 'CNAME', content: 'abc.cfargotunnel.com', proxied: true }));
+    assert.equal(apex.name, 'example.org');
+    await cf.dns.records.create({ zone_id: zoneId, type: 'TXT', name: 'txt.example.org', content: 'second', ttl: 1 });
+    const byName = (n: string) => emu.records('example.org').filter((r) => r.name === n).map((r) => r.type).sort();
+    assert.deepEqual(byName('txt.example.org'), ['CNAME', 'TXT', 'TXT']);
+    assert.deepEqual(byName('example.org'), ['CAA', 'CNAME', 'MX']);
+    assert.equal(emu.records('example.org').find((r) => r.type === 'CAA')!.content, '0 issue "letsencrypt.org"');
   });
 
   it('rejects an identical second record (81058) but, like Cloudflare, allows a second A with other content', async () => {

@@ -222,3 +222,33 @@ test('a step that fails after publishing its outputs still lets its dependents r
   assert.equal(reports[1]!.outcome, 'changed');
   assert.ok(events.includes('change dns upstream={"tunnelId":"t-9"}'));
 });
+
+test('a standing conflict is reported, not failed, and takes no Lease when it is all there is to do', async () => {
+  const { ConflictError } = await import('../../src/engine/errors.ts');
+  const conflictStep = (changes: Change[]): Step =>
+    ({
+      name: 'dns',
+      needs: [],
+      want: () => ({}),
+      have: async () => ({}),
+      changes: () => changes,
+      async change() {
+        throw new ConflictError('1 DNS record not written because of a conflict');
+      },
+      rendered: () => ({}),
+    }) satisfies Step;
+  const conflict: Change = { action: 'conflict', target: 'DNS A sonarr.example.org (zone example.org)', detail: 'someone else' };
+  const leases: string[] = [];
+  const beforeWrite = async (s: Step) => {
+    leases.push(s.name);
+    return undefined;
+  };
+  const [alone] = await runSteps([conflictStep([conflict])], options('apply', { beforeWrite }));
+  assert.equal(alone!.outcome, 'conflict');
+  assert.equal(alone!.attempts, 1, 'not retried');
+  assert.match(alone!.error!, /because of a conflict/);
+  assert.deepEqual(leases, [], 'no Lease for a run that only reports a conflict');
+  const [mixed] = await runSteps([conflictStep([conflict, { action: 'create', target: 'DNS A radarr.example.org (zone example.org)' }])], options('apply', { beforeWrite }));
+  assert.equal(mixed!.outcome, 'conflict');
+  assert.deepEqual(leases, ['dns'], 'a write beside the conflict takes the Lease');
+});

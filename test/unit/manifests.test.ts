@@ -257,7 +257,7 @@ describe('hostnames agree with the DNS records the daemon renders from settings'
 
   it('every Ingress host (and Grafana) has a DNS record that leads to the shared Cilium ingress', async () => {
     const r = await rendered();
-    const records = new Map(r.dns!.records.map((rec) => [rec.name, rec]));
+    const records = new Map(r.dns!.flatMap((z) => z.records).map((rec) => [rec.name, rec]));
     const hosts = ingressHosts();
     assert.ok(hosts.length >= 7, `only ${hosts.length} ingress hosts found`);
     for (const h of hosts) {
@@ -279,7 +279,7 @@ describe('hostnames agree with the DNS records the daemon renders from settings'
     const hosts = new Set(ingressHosts().map((h) => h.host));
     const argocdHost = fqdn(settings.argocd.hostname, settings.domain); // the daemon's Argo CD chart owns that Ingress
     const lbServices = allObjects().filter((o) => o.kind === 'Service' && o.spec?.type === 'LoadBalancer');
-    for (const rec of r.dns!.records) {
+    for (const rec of r.dns!.flatMap((z) => z.records)) {
       if (rec.name === argocdHost) continue;
       const viaIngress = rec.type === 'CNAME' || rec.content === settings.network.ingressIP;
       if (viaIngress) {

@@ -115,9 +115,11 @@ interface Dump {
   options: NixOption[];
   contract: {
     credentials: { name: string; setting: string[] }[];
+    reconcileCredentials: string[];
     steps: string[];
     reconcileSteps: string[];
     lockedExitStatus: number;
+    dnsConflictsExitStatus: number;
     stateDirectory: string;
   };
   cleaned: Record<string, Json>;
@@ -237,18 +239,57 @@ test('clean drops unset options and module internals, keeps freeform values verb
   });
 });
 
-test('credentials, steps and exit status are the names the daemon uses', () => {
+/** Settings fields the daemon's schema marks as credentials ("Credential: …"), as paths. */
+export function credentialFields(schema: Schema, prefix: string[] = []): string[] {
+  return Object.entries<Schema>(schema.properties ?? {}).flatMap(([name, prop]) => {
+    const p = [...prefix, name];
+    if (typeof prop.description === 'string' && prop.description.startsWith('Credential:')) return [p.join('.')];
+    return prop.type === 'object' ? credentialFields(prop, p) : [];
+  });
+}
+
+test('credentials, steps and exit statuses are the names the daemon uses', () => {
   const { contract } = dump();
-  assert.deepEqual(contract.credentials.map((c) => c.name).sort(), [...CREDENTIAL_NAMES].sort(), 'LoadCredential names');
+  // The module passes exactly the schema's credential fields, each under one name.
+  assert.deepEqual(contract.credentials.map((c) => c.setting.join('.')).sort(), credentialFields(settingsJsonSchema()).sort(), 'credential settings fields');
+  assert.equal(new Set(contract.credentials.map((c) => c.name)).size, contract.credentials.length, 'credential names are unique');
+  // Every credential the daemon looks up in $CREDENTIALS_DIRECTORY is delivered, from the field it names.
   const creds = new Credentials(parseSettings(example), undefined);
+  for (const name of CREDENTIAL_NAMES) {
+    const c = contract.credentials.find((x) => x.name === name);
+    assert.ok(c, `the daemon reads credential ${name}; nix/contract.nix does not pass it`);
+    assert.equal(`$.${c.setting.join('.')}`, creds.field(name), `settings field of credential ${name}`);
+  }
   for (const c of contract.credentials) {
-    assert.equal(`$.${c.setting.join('.')}`, creds.field(c.name as (typeof CREDENTIAL_NAMES)[number]), `settings field of credential ${c.name}`);
     const opt = dump().options.find((o) => o.path.join('.') === c.setting.join('.'));
     assert.ok(opt, `settings.${c.setting.join('.')} is not a module option`);
   }
+  for (const n of contract.reconcileCredentials) assert.ok(contract.credentials.some((c) => c.name === n), `reconcile credential ${n} is not a credential`);
   assert.deepEqual(contract.steps, [...STEP_NAMES], 'step names');
   for (const s of contract.reconcileSteps) assert.ok((STEP_NAMES as readonly string[]).includes(s), `reconcile step ${s} is not a daemon step`);
   assert.equal(contract.lockedExitStatus, EXIT.locked, 'exit status of a run that finds the lock held');
+  // The exit status for "converged except reported DNS conflicts" is the daemon's, once it has
+  // one; until then no other outcome may use the number the reconcile unit counts as success.
+  const exits = EXIT as Record<string, number>;
+  const conflicts = Object.keys(exits).find((k) => /conflict/i.test(k));
+  if (conflicts) assert.equal(contract.dnsConflictsExitStatus, exits[conflicts], `nix/contract.nix dnsConflictsExitStatus vs EXIT.${conflicts}`);
+  else assert.ok(!Object.values(exits).includes(contract.dnsConflictsExitStatus), `exit status ${contract.dnsConflictsExitStatus} means something else to the daemon`);
+});
+
+test("the package's source fileset names files that exist (CI's Nix 2.8 cannot evaluate lib.fileset)", () => {
+  // lib.fileset needs builtins.readFileType (Nix 2.14); a renamed or deleted file would only
+  // fail `nix build`, which CI cannot run. What tsconfig.build.json compiles must be in it too.
+  const nix = readFileSync(path('nix', 'package.nix'), 'utf8');
+  const block = /fileset = lib\.fileset\.unions \[([\s\S]*?)\];/.exec(nix)?.[1];
+  assert.ok(block, 'nix/package.nix has no `fileset = lib.fileset.unions [ … ]`');
+  const entries = [...block.matchAll(/(\(lib\.fileset\.maybeMissing )?\.\.\/([A-Za-z0-9._/-]+)/g)].map((m) => ({ file: m[2]!, optional: !!m[1] }));
+  assert.ok(entries.length >= 5, `only ${entries.length} fileset entries found`);
+  for (const e of entries) if (!e.optional) assert.ok(existsSync(path(e.file)), `nix/package.nix's fileset names ../${e.file}, which does not exist`);
+  const files = new Set(entries.map((e) => e.file));
+  const build = JSON.parse(readFileSync(path('tsconfig.build.json'), 'utf8')) as { extends?: string; include: string[] };
+  for (const f of [...build.include, build.extends?.replace(/^\.\//, '')].filter((x): x is string => !!x)) {
+    assert.ok(files.has(f), `tsconfig.build.json uses ${f}, which the package's fileset leaves out`);
+  }
 });
 
 const nixBlocks = (): string[] => [...readFileSync(path('docs', 'nixos.md'), 'utf8').matchAll(/```nix\n([\s\S]*?)```/g)].map((m) => m[1]!);
@@ -269,27 +310,61 @@ function nixpkgsLib(): string | undefined {
   return candidates.find((c): c is string => !!c && existsSync(join(c, 'default.nix')));
 }
 
+interface Details {
+  k3sExtraFlags: string | string[];
+  k3sDropIns: Record<string, string>;
+  firewall: { checkReversePath: Json; allowedTCPPorts: number[]; allowedUDPPorts: number[]; extraCommands: string; extraInputRules: string };
+  kernelModules: string[];
+  blacklistedKernelModules: string[];
+  mainCredentials: string[];
+  reconcileCredentials: string[] | null;
+  settingsJSON: string;
+}
+interface Scenario {
+  evaluates: boolean;
+  failed: string[];
+  warnings: string[];
+  details: Details | null;
+}
 interface ModuleReport {
   homelab: {
     failed: string[];
     warnings: string[];
     settingsJSON: string;
+    k3sDropIns: Record<string, string>;
+    kernelModules: string[];
+    blacklistedKernelModules: string[];
     unit: Record<string, Json> & { LoadCredential: string[]; after: string[]; wants: string[] };
-    reconcile: { Type: string; ExecStart: string; SuccessExitStatus: number[]; restartIfChanged: boolean; timer: Record<string, string> };
-    k3s: { enable: boolean; role: string; extraFlags: string[]; disable: string[] };
-    firewall: { enable: boolean; checkReversePath: Json; allowedTCPPorts: number[]; allowedUDPPorts: number[] };
+    reconcile: { Type: string; ExecStart: string; SuccessExitStatus: number[]; LoadCredential: string[]; after: string[]; restartIfChanged: boolean; timer: Record<string, string> };
+    k3s: { enable: boolean; role: string; extraFlags: string | string[]; disable: string[] };
+    firewall: { enable: boolean; checkReversePath: Json; allowedTCPPorts: number[]; allowedUDPPorts: number[]; extraCommands: string; extraInputRules: string };
   };
   sops: { ageKeyFile: string; after: string[]; LoadCredential: string[] };
+  orderingWithoutUnitNames: { evaluates: boolean; after: string[] | null };
   docs: { failed: string[]; warnings: string[]; settingsJSON: string; LoadCredential: string[] } | null;
-  scenarios: Record<string, { evaluates: boolean; failed: string[]; warnings: string[] }>;
+  scenarios: Record<string, Scenario>;
 }
 
 const libDir = nixpkgsLib();
 
+const names = (loadCredential: readonly string[] | null): string[] => (loadCredential ?? []).map((c) => c.split(':')[0]!).sort();
+/** The flags k3s reads from a drop-in, parsed (the module writes JSON, which is YAML). */
+const dropIn = (files: Record<string, string>, dir = 'rancher/k3s/config.yaml.d'): Record<string, Json> => {
+  const text = files[`${dir}/50-homelab-bootstrap.yaml`];
+  assert.ok(text, `no drop-in in ${dir}: ${JSON.stringify(Object.keys(files))}`);
+  return JSON.parse(text) as Record<string, Json>;
+};
+const CILIUM_K3S_FLAGS = { 'flannel-backend': 'none', 'disable-network-policy': true, 'disable-kube-proxy': true };
+/** The host ports only pods may reach: API, kubelet, cilium-health, Hubble, node-exporter, metrics. */
+const POD_ONLY_PORTS = [6443, 10250, 4240, 4244, 9100, 9962, 9963, 9964, 9965];
+const LEGACY_IPTABLES_MODULES = ['ip_tables', 'ip6_tables', 'iptable_filter', 'iptable_nat', 'iptable_mangle', 'iptable_raw'];
+const portsIn = (rule: string): number[] => (/(?:--dports |dport \{ )([\d, ]+)/.exec(rule)?.[1] ?? '').split(/[ ,]+/).filter(Boolean).map(Number).sort((a, b) => a - b);
+const sorted = (xs: readonly number[]): number[] => [...xs].sort((a, b) => a - b);
+
 // Needs nixpkgs' lib, which only a Nix machine has (README: "What is checked where"); CI cannot
 // download it, so there the test is not registered at all rather than reported as skipped.
 if (libDir) test(
-  'the module evaluates with nixpkgs’ module system: units, k3s flags, assertions',
+  'the module evaluates with nixpkgs’ module system: units, k3s flags, firewall, credentials, assertions',
   () => {
     // The quick start of docs/nixos.md is evaluated too, not only parsed.
     const dir = mkdtempSync(join(tmpdir(), 'hb-docs-'));
@@ -302,6 +377,7 @@ if (libDir) test(
       rmSync(dir, { recursive: true, force: true });
     }
     const h = r.homelab;
+    const { contract } = dump();
     assert.deepEqual(h.failed, []);
     assert.deepEqual(h.warnings, []);
 
@@ -313,23 +389,40 @@ if (libDir) test(
     assert.equal(h.unit.Restart, 'on-failure');
     assert.equal(h.unit.restartIfChanged, true);
     assert.equal(h.unit.DynamicUser, true);
-    assert.deepEqual(h.unit.LoadCredential.map((c) => c.split(':')[0]).sort(), [...CREDENTIAL_NAMES].sort());
-    assert.ok(h.unit.LoadCredential.includes('kubeconfig:/etc/rancher/k3s/k3s.yaml'));
     assert.ok(h.unit.after.includes('k3s.service') && h.unit.wants.includes('k3s.service'));
     assert.match(String(h.unit.ExecStart), / apply --config \S+$/);
+
+    // Each unit gets the credentials its steps read: the main unit all that are set, the
+    // reconcile (tunnel + DNS) the kubeconfig and the Cloudflare token, never the age key.
+    assert.deepEqual(names(h.unit.LoadCredential), ['age-key', 'cloudflare-api-token', 'kubeconfig']);
+    assert.ok(h.unit.LoadCredential.includes('kubeconfig:/etc/rancher/k3s/k3s.yaml'));
+    assert.deepEqual(names(h.reconcile.LoadCredential), [...contract.reconcileCredentials].sort());
+    assert.deepEqual(names(h.reconcile.LoadCredential), ['cloudflare-api-token', 'kubeconfig']);
 
     assert.equal(h.reconcile.Type, 'oneshot');
     assert.equal(h.reconcile.restartIfChanged, false);
     assert.match(h.reconcile.ExecStart, / --only tunnel --only dns$/);
-    assert.deepEqual(h.reconcile.SuccessExitStatus, [EXIT.locked]);
+    assert.deepEqual(h.reconcile.SuccessExitStatus, [EXIT.locked, contract.dnsConflictsExitStatus]);
+    // A standing DNS conflict is reported, not retried: retrying would change nothing.
+    assert.deepEqual(h.unit.SuccessExitStatus, [EXIT.conflicts]);
     assert.equal(h.reconcile.timer.OnUnitInactiveSec, '15min');
 
-    for (const f of ['--flannel-backend=none', '--disable-network-policy', '--disable-kube-proxy']) assert.ok(h.k3s.extraFlags.includes(f), f);
+    // Cilium's k3s flags live in a config drop-in, so extraFlags stays the user's alone.
+    assert.deepEqual(dropIn(h.k3sDropIns), CILIUM_K3S_FLAGS);
+    assert.deepEqual(h.k3s.extraFlags, []);
     assert.ok(h.k3s.disable.includes('servicelb') && h.k3s.disable.includes('traefik'));
-    assert.ok(!h.k3s.extraFlags.some((f) => f.includes('write-kubeconfig-mode')));
+
+    // Firewall: from the LAN only the Ingress; the API, kubelet, Hubble and metrics ports
+    // (node-exporter's 9100 included) from the pod network only.
     assert.equal(h.firewall.enable, true);
     assert.equal(h.firewall.checkReversePath, 'loose');
-    assert.ok(h.firewall.allowedTCPPorts.includes(6443));
+    assert.deepEqual(sorted(h.firewall.allowedTCPPorts), [80, 443]);
+    assert.deepEqual(h.firewall.allowedUDPPorts, []);
+    assert.match(h.firewall.extraCommands, /^iptables -A nixos-fw -s 10\.42\.0\.0\/16 -p tcp -m multiport --dports \S+ -j nixos-fw-accept$/m);
+    assert.deepEqual(portsIn(h.firewall.extraCommands), sorted(POD_ONLY_PORTS));
+    assert.equal(h.firewall.extraInputRules, '');
+    // iptables backend: the legacy tables Cilium's iptables-legacy mode uses, and xt_socket.
+    for (const m of [...LEGACY_IPTABLES_MODULES, 'xt_socket']) assert.ok(h.kernelModules.includes(m), m);
 
     // docs/nixos.md's configuration.nix evaluates to SPEC.md's homelab as well.
     assert.ok(r.docs, 'no docs report');
@@ -342,36 +435,103 @@ if (libDir) test(
     assert.equal(r.sops.ageKeyFile, '/var/lib/sops-nix/key.txt');
     assert.ok(r.sops.after.includes('sops-install-secrets.service'));
     assert.ok(r.sops.LoadCredential.includes('age-key:/var/lib/sops-nix/key.txt'));
+    // Ordered after sops-nix's unit without asking which units exist (that question forces
+    // every systemd.services definition; here one throws if forced).
+    assert.equal(r.orderingWithoutUnitNames.evaluates, true);
+    assert.ok(r.orderingWithoutUnitNames.after?.includes('sops-install-secrets.service'));
 
-    // Each contradiction stops evaluation; each control passes.
-    const expected: Record<string, RegExp | 'eval-error' | 'ok' | 'warning'> = {
+    // Each contradiction stops evaluation with its message; each control evaluates cleanly and
+    // produces what `check` says.
+    type Want = RegExp | 'eval-error' | { warning: RegExp } | { ok: (d: Details) => void };
+    const ok = (check: (d: Details) => void = () => {}): Want => ({ ok: check });
+    const expected: Record<string, Want> = {
       flannelReEnabled: /--flannel-backend=vxlan/,
       flannelAsTwoWords: /--flannel-backend=host-gw/,
+      flannelInAString: /--flannel-backend=vxlan/,
       kubeProxyReEnabled: /re-enables kube-proxy/,
       kubeProxyConfigured: /kube-proxy is disabled/,
       networkPolicyReEnabled: /network policy/,
       worldReadableKubeconfig: /--write-kubeconfig-mode=644.*root-only/,
       strictReversePath: /checkReversePath is strict/,
       agentRole: /k3s server/,
+      firewalld: /openFirewall supports the iptables and nftables firewalls, not firewalld/,
       chartTwice: /either charts\.cilium or settings\.cilium\.chart/,
       cloudflareWithoutToken: /cloudflare\.apiTokenFile/,
+      // sops-nix with SSH host keys only: say what to set instead of using a missing file.
+      sopsSSHKeysOnly: /sops\.age\.keyFile = null[\s\S]*Set services\.homelab-bootstrap\.ageKeyFile[\s\S]*or set sops\.age\.keyFile/,
+      // A string cannot take the module's list of flags; the message names the remedy.
+      stringFlagsWithStoreConfig: /extraFlags is a string[\s\S]*Write services\.k3s\.extraFlags as a list/,
       keyInStore: 'eval-error',
       keyAsPathLiteral: 'eval-error',
       conflictingCredentialPath: 'eval-error',
       missingDomain: 'eval-error',
-      firewallOff: 'warning',
-      harmlessExtraFlags: 'ok',
-      chartFromNix: 'ok',
-      k3sManagedElsewhere: 'ok',
+      // Steps outside tunnel/dns would need credentials the reconcile unit does not hold.
+      reconcileAllSteps: 'eval-error',
+      firewallOff: { warning: /networking\.firewall\.enable is false/ },
+      // A flush on every nftables reload would delete Cilium's and the kubelet's rules.
+      nftablesFlushingRuleset: { warning: /networking\.nftables\.flushRuleset = false/ },
+      harmlessExtraFlags: ok(),
+      // The NixOS wiki's string form works: it stays the user's, the drop-in carries ours, and
+      // its --cluster-cidr is the pod network the firewall trusts.
+      stringExtraFlags: ok((d) => {
+        assert.equal(d.k3sExtraFlags, '--node-ip=192.168.0.10 --cluster-cidr=10.50.0.0/16');
+        assert.deepEqual(dropIn(d.k3sDropIns), CILIUM_K3S_FLAGS);
+        assert.match(d.firewall.extraCommands, /-s 10\.50\.0\.0\/16 /);
+        assert.doesNotMatch(d.firewall.extraCommands, /10\.42\./);
+      }),
+      // A config file in the store: k3s reads no drop-in beside it, so the flags go on the command line.
+      listWithStoreConfig: ok((d) => {
+        assert.deepEqual(d.k3sDropIns, {});
+        for (const f of ['--flannel-backend=none', '--disable-network-policy', '--disable-kube-proxy', '--node-ip=192.168.0.10']) {
+          assert.ok((d.k3sExtraFlags as string[]).includes(f), f);
+        }
+      }),
+      // A config file under /etc: the drop-in goes into its .d directory, which k3s reads.
+      configUnderEtc: ok((d) => assert.deepEqual(dropIn(d.k3sDropIns, 'k3s/server.yaml.d'), CILIUM_K3S_FLAGS)),
+      sopsSSHKeysWithAgeKey: ok((d) => assert.ok(d.mainCredentials.includes('age-key:/run/secrets/gitops-age-key'))),
+      // firewall-iptables.nix sets `mkDefault false` where the kernel lacks rpfilter; that wins.
+      kernelWithoutRPFilter: ok((d) => assert.equal(d.firewall.checkReversePath, false)),
+      // nftables: the same ports as nftables rules, no legacy ip_tables modules (blacklisted there).
+      nftables: ok((d) => {
+        assert.equal(d.firewall.extraCommands, '');
+        assert.match(d.firewall.extraInputRules, /^ip saddr 10\.42\.0\.0\/16 tcp dport \{ [\d, ]+ \} accept$/m);
+        assert.deepEqual(portsIn(d.firewall.extraInputRules), sorted(POD_ONLY_PORTS));
+        assert.deepEqual(sorted(d.firewall.allowedTCPPorts), [80, 443]);
+        for (const m of LEGACY_IPTABLES_MODULES) assert.ok(!d.kernelModules.includes(m), `${m} is loaded with nftables`);
+        assert.deepEqual(d.kernelModules.filter((m) => d.blacklistedKernelModules.includes(m)), []);
+        for (const m of ['nf_tables', 'nft_compat', 'xt_socket']) assert.ok(d.kernelModules.includes(m), m);
+      }),
+      multiNode: ok((d) => {
+        assert.deepEqual(sorted(d.firewall.allowedTCPPorts), [80, 443, 4240, 6443, 10250]);
+        assert.deepEqual(d.firewall.allowedUDPPorts, [8472]);
+        for (const p of [4244, 9100, 9962, 9963, 9964, 9965]) assert.ok(!d.firewall.allowedTCPPorts.includes(p), `${p} open to the LAN`);
+      }),
+      apiFromLAN: ok((d) => assert.deepEqual(sorted(d.firewall.allowedTCPPorts), [80, 443, 6443])),
+      // The private repository's credential reaches the main unit only, by path.
+      privateRepository: ok((d) => {
+        assert.ok(d.mainCredentials.includes('git-repo-credential:/run/secrets/gitops-repo-token'));
+        assert.deepEqual(names(d.reconcileCredentials), ['cloudflare-api-token', 'kubeconfig']);
+        const gitops = (JSON.parse(d.settingsJSON) as { gitops: Record<string, Json> }).gitops;
+        assert.equal(gitops.repoCredentialFile, '/run/secrets/gitops-repo-token');
+        assert.equal(gitops.repoUsername, 'peterstorm');
+      }),
+      chartFromNix: ok(),
+      k3sManagedElsewhere: ok((d) => {
+        assert.deepEqual(d.k3sDropIns, {});
+        assert.deepEqual(d.firewall.allowedTCPPorts, []);
+      }),
     };
     assert.deepEqual(Object.keys(r.scenarios).sort(), Object.keys(expected).sort(), 'every scenario has an expectation');
     for (const [name, want] of Object.entries(expected)) {
       const got = r.scenarios[name]!;
-      const shown = `${name}: ${JSON.stringify(got)}`;
+      const shown = `${name}: ${JSON.stringify({ ...got, details: undefined })}`;
       if (want === 'eval-error') assert.equal(got.evaluates, false, shown);
-      else if (want === 'ok') assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.length === 0, shown);
-      else if (want === 'warning') assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.some((w) => w.includes('firewall')), shown);
-      else assert.ok(got.evaluates && got.failed.length === 1 && want.test(got.failed[0]!), shown);
+      else if ('warning' in want) assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.length === 1 && want.warning.test(got.warnings[0]!), shown);
+      else if (want instanceof RegExp) assert.ok(got.evaluates && got.failed.length === 1 && want.test(got.failed[0]!), shown);
+      else {
+        assert.ok(got.evaluates && got.failed.length === 0 && got.warnings.length === 0 && got.details, shown);
+        want.ok(got.details);
+      }
     }
   },
 );
@@ -396,4 +556,11 @@ test('docs/nixos.md: the configuration.nix quick start parses and is SPEC.md’s
   for (const v of ['192.168.0.240', '192.168.0.250', '192.168.0.241', 'peterstorm.io', 'flannel', 'sops.age.keyFile', 'cloudflare.apiTokenFile']) {
     assert.ok(doc.includes(v), `docs/nixos.md does not mention ${v}`);
   }
+  // Its firewall table says, per port the module opens, who needs it.
+  const firewall = /\n## Firewall\n([\s\S]*?)\n## /.exec(doc)?.[1] ?? '';
+  const rows = firewall.split('\n').filter((l) => /^\| (TCP|UDP) /.test(l));
+  for (const port of [80, 443, ...POD_ONLY_PORTS]) {
+    assert.ok(rows.some((r) => new RegExp(`^\\| TCP [^|]*\\b${port}\\b[^|]*\\|[^|]+\\|\\s*\\S`).test(r)), `docs/nixos.md's firewall table has no row saying who needs TCP ${port}`);
+  }
+  assert.match(firewall, /UDP 8472/);
 });
