@@ -17,7 +17,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import type { Settings } from '../settings/schema.ts';
 import { applyConflicts, chartLabel, HelmError, ownershipConflict, type HelmWriteOptions } from '../adapters/helm.ts';
-import { PartialStepError } from '../engine/errors.ts';
+import { ConflictError } from '../engine/errors.ts';
 import { readChartMeta, type ChartMeta } from '../adapters/chart-meta.ts';
 import { readReleaseHistory } from '../adapters/helm-storage.ts';
 import type { JsonObject } from '../desired/merge.ts';
@@ -300,8 +300,9 @@ export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseH
             break;
         }
       }
-      // Refused, not failed: what needs this release goes on against the deployed version.
-      if (refused) throw new PartialStepError(`${releaseTarget(r)}: ${refused}`, {}, undefined);
+      // Reported, not failed: it lasts until the user changes the pin, and what needs this
+      // release goes on against the deployed version.
+      if (refused) throw new ConflictError(`${releaseTarget(r)}: ${refused}`);
       return {};
     },
     rendered(want): Partial<Rendered> {

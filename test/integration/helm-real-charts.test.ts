@@ -175,7 +175,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
     assert.deepEqual(plan.changes.map((c) => [c.action, c.target]), [['conflict', 'HelmRelease kube-system/cilium']]);
     assert.match(plan.changes[0]!.detail ?? '', /from 1\.18\.4 to 1\.20\.0: Cilium upgrades one minor version at a time; pin cilium\.chart\.version \(or cilium\.chart\.path\) to 1\.19\.x first/);
 
-    // Through the engine: cilium fails with the reason, a step that needs it is not blocked.
+    // Through the engine: cilium reports the conflict (exit 4, not retried), a step that needs it still runs.
     const ran: string[] = [];
     const dependent: Step = {
       name: 'cilium-crds',
@@ -189,7 +189,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
     };
     shim.reset();
     const reports = await runSteps([{ ...ciliumStep, needs: [] }, dependent], { mode: 'apply', settings: s, log, context: (_st, _up, signal) => context(s, signal) });
-    assert.equal(reports[0]!.outcome, 'failed');
+    assert.equal(reports[0]!.outcome, 'conflict');
     assert.match(reports[0]!.error ?? '', /HelmRelease kube-system\/cilium: refusing to upgrade Cilium from 1\.18\.4 to 1\.20\.0.*pin cilium\.chart\.version .* to 1\.19\.x first/);
     assert.equal(reports[0]!.attempts, 1, 'a refusal is not retried');
     assert.equal(reports[1]!.outcome, 'unchanged');
