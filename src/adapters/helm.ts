@@ -1,5 +1,7 @@
-// Thin adapter over the real `helm` binary via execa. It only runs helm and parses its JSON;
-// what to do (skip, recover, upgrade) is decided in steps/helm-release.ts.
+// Thin adapter over the real `helm` binary (Helm 3 >= 3.17 or Helm 4) via execa. It runs helm
+// only to write releases (and, to check before taking objects over, `helm template`) and parses
+// its failures; releases are read without helm (helm-storage.ts), and what to do (skip, recover,
+// upgrade, take over) is decided in steps/helm-release.ts.
 //
 // helm runs with a minimal environment (extendEnv: false): our environment may hold things
 // that are none of helm's business, and helm reads a lot of variables (KUBECONFIG, HELM_*,
@@ -137,7 +139,6 @@ export function chartLabel(chart: ChartRef): string {
 }
 
 const seconds = (ms: number) => `${Math.max(1, Math.ceil(ms / 1000))}s`;
-const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 export class Helm {
   readonly kubeconfigPath: string;
@@ -170,7 +171,7 @@ export class Helm {
   }
 
   async #run(args: string[], opts: { input?: string; signal?: AbortSignal; cluster?: boolean } = {}): Promise<string> {
-    const command = args[0] === 'get' || args[0] === 'show' ? `${args[0]} ${args[1]}` : (args[0] ?? '');
+    const command = args[0] ?? '';
     this.calls[command] = (this.calls[command] ?? 0) + 1;
     const full = opts.cluster === false ? args : [...args, '--kubeconfig', this.kubeconfigPath];
     const started = Date.now();
