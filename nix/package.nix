@@ -43,11 +43,12 @@ let
     ) lock.packages;
   };
 
-  # The daemon parses helm's output and is tested with Helm 3 (scripts/test-binaries.sh pins
-  # it); nixos-26.05 ships Helm 3.20, nixpkgs-unstable has moved to Helm 4.
+  # The daemon runs helm only to write releases (it reads them from the cluster) and is tested
+  # with Helm 3 and Helm 4 (scripts/test-binaries.sh pins both); nixos-26.05 ships Helm 3.20,
+  # nixpkgs-unstable Helm 4. --take-ownership needs 3.17.
   helm =
-    lib.warnIf (lib.versions.major kubernetes-helm.version != "3")
-      "homelab-bootstrap is tested with Helm 3, but this build wraps Helm ${kubernetes-helm.version}; pass a Helm 3 as `kubernetes-helm` (callPackage ./nix/package.nix { kubernetes-helm = …; }) if releases misbehave."
+    lib.throwIfNot (lib.versionAtLeast kubernetes-helm.version "3.17")
+      "homelab-bootstrap needs Helm 3.17 or later (it adopts leftover objects with --take-ownership), but this build wraps Helm ${kubernetes-helm.version}; pass a newer one as `kubernetes-helm`."
       kubernetes-helm;
 in
 buildNpmPackage {

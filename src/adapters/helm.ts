@@ -1,5 +1,7 @@
-// Thin adapter over the real `helm` binary via execa. It only runs helm and parses its JSON;
-// what to do (skip, recover, upgrade) is decided in steps/helm-release.ts.
+// Thin adapter over the real `helm` binary (Helm 3 >= 3.17 or Helm 4) via execa. It runs helm
+// only to write releases (and, to check before taking objects over, `helm template`) and parses
+// its failures; releases are read without helm (helm-storage.ts), and what to do (skip, recover,
+// upgrade, take over) is decided in steps/helm-release.ts.
 //
 // helm runs with a minimal environment (extendEnv: false): our environment may hold things
 // that are none of helm's business, and helm reads a lot of variables (KUBECONFIG, HELM_*,
@@ -10,42 +12,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from 'pino';
-import { parse as parseYaml } from 'yaml';
-import { TransientError } from '../engine/errors.ts';
+import { parseAllDocuments } from 'yaml';
+import { isTransientMessage, TransientError } from '../engine/errors.ts';
 import type { ChartRef } from '../settings/schema.ts';
 import type { HelmReleaseSpec } from '../steps/types.ts';
-
-/** A release as `helm list` reports it. */
-export interface HelmReleaseInfo {
-  name: string;
-  namespace: string;
-  revision: number;
-  status: string;
-  /** "<chart name>-<chart version>", as helm prints it. */
-  chart: string;
-  appVersion: string;
-  updated: string;
-}
-
-/** One entry of `helm history`. */
-export interface HelmRevision {
-  revision: number;
-  status: string;
-  chart: string;
-  appVersion: string;
-  description: string;
-  updated: string;
-}
-
-export interface ChartMeta {
-  name: string;
-  version: string;
-}
 
 export interface HelmWriteOptions {
   /** helm's own --timeout (hooks, rollback waits); helm is never run with --wait. */
   timeoutMs: number;
   signal?: AbortSignal;
+  /** Adopt existing objects whatever their ownership (--take-ownership, Helm >= 3.17). */
+  takeOwnership?: boolean;
+  /** Server-side apply (Helm 4) overrides other field managers (--force-conflicts). */
+  forceConflicts?: boolean;
 }
 
 export interface HelmOptions {
@@ -71,22 +50,62 @@ export class HelmError extends Error {
 /** helm's wording when the last revision is pending-* (a killed helm left it). */
 export const OPERATION_IN_PROGRESS = 'another operation (install/upgrade/rollback) is in progress';
 
-// Failures that clear by themselves: the apiserver restarting under k3s, a killed run's lock.
-const TRANSIENT_STDERR = [
-  /Kubernetes cluster unreachable/i,
-  /connection refused/i,
-  /connection reset by peer/i,
-  /i\/o timeout/i,
-  /TLS handshake timeout/i,
-  /the server is currently unable to handle the request/i,
-  /etcdserver: (request timed out|leader changed)/i,
-  /http2: client connection lost/i,
-  /context deadline exceeded/i,
-  /another operation \(install\/upgrade\/rollback\) is in progress/i,
-];
-
+/** The apiserver restarting under k3s, or a killed run's lock (the next attempt recovers the release). */
 export function isTransientHelmError(stderr: string): boolean {
-  return TRANSIENT_STDERR.some((re) => re.test(stderr));
+  return isTransientMessage(stderr) || stderr.includes(OPERATION_IN_PROGRESS);
+}
+
+/** An existing object helm would not adopt into a release. */
+export interface OwnershipConflict {
+  /** As helm names it: `CustomResourceDefinition "applications.argoproj.io"`. */
+  object: string;
+  /** The release that owns it, as far as helm's message says (a field it does not name matches ours); undefined when no release does. */
+  owner?: { name?: string; namespace?: string };
+}
+
+/**
+ * helm's refusal to adopt an existing object ("... exists and cannot be imported into the
+ * current release: invalid ownership metadata; ..."), or undefined for any other failure.
+ */
+export function ownershipConflict(stderr: string): OwnershipConflict | undefined {
+  const m = /(\S+ "[^"]*")(?: in namespace "[^"]*")? exists and cannot be imported into the current release: invalid ownership metadata(.*)/s.exec(stderr);
+  if (!m) return undefined;
+  const current = (key: string) => new RegExp(`key "meta\\.helm\\.sh/${key}" must equal "[^"]*": current value is "([^"]*)"`).exec(m[2]!)?.[1];
+  const name = current('release-name');
+  const namespace = current('release-namespace');
+  // Annotated for a release of this name but in another namespace is another release too.
+  if (name === undefined && namespace === undefined) return { object: m[1]! };
+  return { object: m[1]!, owner: { ...(name !== undefined ? { name } : {}), ...(namespace !== undefined ? { namespace } : {}) } };
+}
+
+/**
+ * The field managers a server-side apply conflict names in a Helm 4 failure ("Apply failed with
+ * 1 conflict: conflict with \"kubectl-edit\" using apps/v1: .spec.replicas"); undefined for any
+ * other failure.
+ */
+export function applyConflicts(stderr: string): string[] | undefined {
+  if (!/Apply failed with \d+ conflicts?/.test(stderr)) return undefined;
+  return [...new Set([...stderr.matchAll(/conflicts? with "([^"]+)"/g)].map((m) => m[1]!))];
+}
+
+/** An object of a rendered chart, by identity. */
+export interface ManifestObject {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  /** The release namespace for namespaced objects that name none; cluster-scoped ones ignore it. */
+  namespace: string;
+}
+
+/** The objects of a multi-document manifest (helm's output), without their bodies. */
+export function manifestObjects(manifest: string, defaultNamespace: string): ManifestObject[] {
+  const out: ManifestObject[] = [];
+  for (const doc of parseAllDocuments(manifest)) {
+    const o = doc.toJS() as { apiVersion?: unknown; kind?: unknown; metadata?: { name?: unknown; namespace?: unknown } } | null;
+    if (!o || typeof o.apiVersion !== 'string' || typeof o.kind !== 'string' || typeof o.metadata?.name !== 'string') continue;
+    out.push({ apiVersion: o.apiVersion, kind: o.kind, name: o.metadata.name, namespace: typeof o.metadata.namespace === 'string' ? o.metadata.namespace : defaultNamespace });
+  }
+  return out;
 }
 
 let tempHome: string | undefined;
@@ -120,7 +139,6 @@ export function chartLabel(chart: ChartRef): string {
 }
 
 const seconds = (ms: number) => `${Math.max(1, Math.ceil(ms / 1000))}s`;
-const escapeRegex = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 export class Helm {
   readonly kubeconfigPath: string;
@@ -153,7 +171,7 @@ export class Helm {
   }
 
   async #run(args: string[], opts: { input?: string; signal?: AbortSignal; cluster?: boolean } = {}): Promise<string> {
-    const command = args[0] === 'get' || args[0] === 'show' ? `${args[0]} ${args[1]}` : (args[0] ?? '');
+    const command = args[0] ?? '';
     this.calls[command] = (this.calls[command] ?? 0) + 1;
     const full = opts.cluster === false ? args : [...args, '--kubeconfig', this.kubeconfigPath];
     const started = Date.now();
@@ -182,55 +200,6 @@ export class Helm {
     return res.stdout;
   }
 
-  /** The release (any status), or undefined when there is none. */
-  async get(name: string, namespace: string, signal?: AbortSignal): Promise<HelmReleaseInfo | undefined> {
-    const out = await this.#run(['list', '--namespace', namespace, '--all', '--filter', `^${escapeRegex(name)}$`, '--output', 'json'], { signal });
-    const list = JSON.parse(out || '[]') as Array<Record<string, unknown>>;
-    const r = list.find((x) => x.name === name && x.namespace === namespace);
-    if (!r) return undefined;
-    return {
-      name,
-      namespace,
-      revision: Number(r.revision),
-      status: String(r.status ?? ''),
-      chart: String(r.chart ?? ''),
-      appVersion: String(r.app_version ?? ''),
-      updated: String(r.updated ?? ''),
-    };
-  }
-
-  /** User-supplied values of the latest (or the given) revision; {} when there are none. */
-  async values(name: string, namespace: string, revision?: number, signal?: AbortSignal): Promise<Record<string, unknown>> {
-    const args = ['get', 'values', name, '--namespace', namespace, '--output', 'json'];
-    if (revision !== undefined) args.push('--revision', String(revision));
-    const out = await this.#run(args, { signal });
-    const v = JSON.parse(out || 'null') as unknown;
-    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
-  }
-
-  async history(name: string, namespace: string, signal?: AbortSignal): Promise<HelmRevision[]> {
-    const out = await this.#run(['history', name, '--namespace', namespace, '--max', '256', '--output', 'json'], { signal });
-    const list = JSON.parse(out || '[]') as Array<Record<string, unknown>>;
-    return list.map((r) => ({
-      revision: Number(r.revision),
-      status: String(r.status ?? ''),
-      chart: String(r.chart ?? ''),
-      appVersion: String(r.app_version ?? ''),
-      description: String(r.description ?? ''),
-      updated: String(r.updated ?? ''),
-    }));
-  }
-
-  /** Name and version of a local chart (directory or .tgz); contacts no cluster. */
-  async showChart(path: string, signal?: AbortSignal): Promise<ChartMeta> {
-    const out = await this.#run(['show', 'chart', path], { signal, cluster: false });
-    const meta = parseYaml(out) as { name?: unknown; version?: unknown } | null;
-    if (!meta || typeof meta.name !== 'string' || typeof meta.version !== 'string') {
-      throw new HelmError('show chart', 0, `${path}: Chart.yaml has no name or version`);
-    }
-    return { name: meta.name, version: meta.version };
-  }
-
   /**
    * `helm upgrade --install` with exactly `spec.values` as the user-supplied values:
    * --reset-values, because helm would otherwise reuse the old ones when the new set is empty.
@@ -240,12 +209,20 @@ export class Helm {
       'upgrade', spec.name, ...chartArgs(spec.chart),
       '--install', '--namespace', spec.namespace, '--create-namespace',
       '--reset-values', '--values', '-', '--timeout', seconds(opts.timeoutMs),
+      ...(opts.takeOwnership ? ['--take-ownership'] : []),
+      ...(opts.forceConflicts ? ['--force-conflicts'] : []),
     ];
     await this.#write(args, opts, JSON.stringify(spec.values));
   }
 
   async rollback(name: string, namespace: string, revision: number, opts: HelmWriteOptions): Promise<void> {
     await this.#write(['rollback', name, String(revision), '--namespace', namespace, '--timeout', seconds(opts.timeoutMs)], opts);
+  }
+
+  /** What the chart would install with these values (`helm template`, no cluster contacted). */
+  async template(spec: HelmReleaseSpec, signal?: AbortSignal): Promise<ManifestObject[]> {
+    const args = ['template', spec.name, ...chartArgs(spec.chart), '--namespace', spec.namespace, '--values', '-'];
+    return manifestObjects(await this.#run(args, { input: JSON.stringify(spec.values), signal, cluster: false }), spec.namespace);
   }
 
   async uninstall(name: string, namespace: string, opts: HelmWriteOptions): Promise<void> {

@@ -34,6 +34,32 @@ export function isTransient(err: unknown): boolean {
   return false;
 }
 
+// What Go's net/http, client-go and etcd print (helm is Go) when the apiserver restarts or is
+// still starting under k3s: the connection drops mid-request (unexpected EOF, reset, GOAWAY,
+// lost http2 connection), is refused while it is down, or the handshake times out.
+const TRANSIENT_MESSAGES = [
+  /Kubernetes cluster unreachable/i,
+  /unexpected EOF/i,
+  /: EOF\b/,
+  /connection refused/i,
+  /connection reset by peer/i,
+  /broken pipe/i,
+  /http2: client connection lost/i,
+  /http2: server sent GOAWAY/i,
+  /use of closed network connection/i,
+  /i\/o timeout/i,
+  /TLS handshake timeout/i,
+  /context deadline exceeded/i,
+  /the server is currently unable to handle the request/i,
+  /the server was unable to return a response in the time allotted/i,
+  /etcdserver: (request timed out|leader changed|too many requests)/i,
+];
+
+/** A Go client's error text (helm's stderr) that names a failure which clears by itself. */
+export function isTransientMessage(text: string): boolean {
+  return TRANSIENT_MESSAGES.some((re) => re.test(text));
+}
+
 export function retryAfterMs(err: unknown): number | undefined {
   return err instanceof TransientError ? err.retryAfterMs : undefined;
 }

@@ -2,15 +2,24 @@
 // which chart, which values and what "ready" means.
 //
 // The rules (DESIGN.md, Helm):
-// - no new revision on a no-op boot: skip when the deployed chart (name-version) and the
-//   user-supplied values (`helm get values`) equal the desired ones and the release is deployed;
+// - no new revision on a no-op boot, and no helm process either: what is deployed is read from
+//   Helm's own release records (adapters/helm-storage.ts) and a local chart's Chart.yaml
+//   (adapters/chart-meta.ts); skip when the chart (name-version) and the user-supplied values
+//   equal the desired ones and the release is deployed. helm runs only to write;
 // - a killed helm leaves the release pending-*, and every later helm write fails with "another
 //   operation is in progress": roll back to the last revision that was deployed, or uninstall a
 //   release that never was, then install/upgrade as usual;
+// - objects the chart installs that exist with no Helm ownership at all (an Argo CD once
+//   installed from manifests) are taken over (--take-ownership); another release's never are;
+// - a step may refuse an upgrade (Cilium: one minor at a time); the release stays as it is and
+//   what needs it goes on;
 // - never `helm --wait` (it hangs without nodes): readiness is rollout.ts, a separate change.
 import { isDeepStrictEqual } from 'node:util';
 import type { Settings } from '../settings/schema.ts';
-import { chartLabel, type ChartMeta } from '../adapters/helm.ts';
+import { applyConflicts, chartLabel, HelmError, ownershipConflict, type HelmWriteOptions } from '../adapters/helm.ts';
+import { ConflictError } from '../engine/errors.ts';
+import { readChartMeta, type ChartMeta } from '../adapters/chart-meta.ts';
+import { readReleaseHistory } from '../adapters/helm-storage.ts';
 import type { JsonObject } from '../desired/merge.ts';
 import { diffObjects } from '../diff.ts';
 import type { Change, HelmReleaseSpec, Outputs, Rendered, Step, StepContext, StepName } from './types.ts';
@@ -26,7 +35,7 @@ export interface ReleaseWant {
 export interface DeployedRelease {
   revision: number;
   status: string;
-  chart: string; // "<name>-<version>"
+  chart: ChartMeta;
   values: JsonObject;
 }
 
@@ -59,7 +68,12 @@ export interface HelmStepConfig {
   helmTimeoutMs: number;
   rolloutTimeoutMs: number;
   pollMs: number;
+  /** Why upgrading the deployed chart to the desired one is unsafe (and what to do instead), if it is. */
+  refuseUpgrade?: UpgradeGuard;
 }
+
+/** Pure: a reason to refuse moving a release from one chart to another, or undefined. */
+export type UpgradeGuard = (deployed: ChartMeta, desired: ChartMeta) => string | undefined;
 
 const releaseTarget = (r: HelmReleaseSpec) => `HelmRelease ${r.namespace}/${r.name}`;
 const chartString = (c: ChartMeta) => `${c.name}-${c.version}`;
@@ -71,6 +85,7 @@ type Op =
   | { kind: 'uninstall' }
   | { kind: 'install' }
   | { kind: 'upgrade' }
+  | { kind: 'refuse'; reason: string }
   | { kind: 'wait' };
 
 interface PlannedOp {
@@ -79,7 +94,7 @@ interface PlannedOp {
 }
 
 /** Pure: the operations, in order, that bring `have` to `want`. */
-export function planRelease(want: ReleaseWant, have: ReleaseHave): PlannedOp[] {
+export function planRelease(want: ReleaseWant, have: ReleaseHave, refuseUpgrade?: UpgradeGuard): PlannedOp[] {
   const r = want.release;
   const target = releaseTarget(r);
   const ops: PlannedOp[] = [];
@@ -114,13 +129,18 @@ export function planRelease(want: ReleaseWant, have: ReleaseHave): PlannedOp[] {
     });
     releaseWritten = true;
   } else {
+    const deployedChart = chartString(d.chart);
     const diff = [
-      ...(d.chart === desiredChart ? [] : [{ path: '$.chart', from: d.chart, to: desiredChart }]),
+      ...(deployedChart === desiredChart ? [] : [{ path: '$.chart', from: deployedChart, to: desiredChart }]),
       // Wrapped so the paths read $.values.hubble.relay.enabled next to $.chart.
       ...diffObjects({ values: d.values }, { values: normalised(r.values) }),
     ];
     const failed = d.status !== 'deployed';
-    if (diff.length > 0 || failed) {
+    const refusal = diff.length > 0 || failed ? refuseUpgrade?.(d.chart, have.chart) : undefined;
+    if (refusal) {
+      // The release stays as it is; what needs it goes on against the deployed version.
+      ops.push({ op: { kind: 'refuse', reason: refusal }, change: { action: 'conflict', target, diff, detail: refusal } });
+    } else if (diff.length > 0 || failed) {
       const why = failed ? `revision ${d.revision} is ${d.status}; upgrade again` : `upgrade from revision ${d.revision}`;
       ops.push({ op: { kind: 'upgrade' }, change: { action: 'update', target, diff, detail: `${why} (${desiredChart})` } });
       releaseWritten = true;
@@ -140,34 +160,97 @@ export function planRelease(want: ReleaseWant, have: ReleaseHave): PlannedOp[] {
 }
 
 async function readRelease(ctx: StepContext, want: ReleaseWant): Promise<ReleaseHave> {
-  const { helm } = ctx.adapters;
   const r = want.release;
-  const chart: ChartMeta = 'path' in r.chart ? await helm.showChart(r.chart.path, ctx.signal) : { name: r.chart.chart, version: r.chart.version };
+  const chart: ChartMeta = 'path' in r.chart ? readChartMeta(r.chart.path) : { name: r.chart.chart, version: r.chart.version };
   const workloads = want.rollout.length > 0 ? await readWorkloads(ctx, want.rollout) : [];
-  const current = await helm.get(r.name, r.namespace, ctx.signal);
+  // Helm's own records, read without running helm: a no-op boot starts no helm process.
+  const history = await readReleaseHistory(ctx.adapters.kube, r.name, r.namespace);
+  const latest = history[0]?.decode();
   // `helm uninstall --keep-history` leaves an uninstalled record; install treats it as absent.
-  if (!current || current.status === 'uninstalled') return { chart, workloads };
+  if (!latest || latest.status === 'uninstalled') return { chart, workloads };
 
-  if (!PENDING_STATUSES.includes(current.status)) {
-    const values = await helm.values(r.name, r.namespace, undefined, ctx.signal);
-    return { chart, workloads, deployed: { revision: current.revision, status: current.status, chart: current.chart, values } };
+  if (!PENDING_STATUSES.includes(latest.status)) {
+    return { chart, workloads, deployed: { revision: latest.revision, status: latest.status, chart: latest.chart, values: latest.values as JsonObject } };
   }
 
-  const history = await helm.history(r.name, r.namespace, ctx.signal);
-  const back = history
-    .filter((h) => h.revision < current.revision && ROLLBACK_TARGETS.includes(h.status))
-    .sort((a, b) => b.revision - a.revision)[0];
-  if (!back || current.status === 'uninstalling') {
-    return { chart, workloads, recovery: { kind: 'uninstall', status: current.status, revision: current.revision } };
+  // helm keeps each record's status label in step with the record; decode only the target.
+  const back = history.find((h) => h.revision < latest.revision && ROLLBACK_TARGETS.includes(h.status))?.decode();
+  if (!back || latest.status === 'uninstalling') {
+    return { chart, workloads, recovery: { kind: 'uninstall', status: latest.status, revision: latest.revision } };
   }
-  const values = await helm.values(r.name, r.namespace, back.revision, ctx.signal);
   return {
     chart,
     workloads,
-    recovery: { kind: 'rollback', status: current.status, revision: current.revision, toRevision: back.revision },
+    recovery: { kind: 'rollback', status: latest.status, revision: latest.revision, toRevision: back.revision },
     // A rollback deploys the old revision's chart and values as a new revision.
-    deployed: { revision: current.revision + 1, status: 'deployed', chart: back.chart, values },
+    deployed: { revision: latest.revision + 1, status: 'deployed', chart: back.chart, values: back.values as JsonObject },
   };
+}
+
+/**
+ * `helm upgrade --install`, answering the two refusals that only the owner of the release can
+ * settle, each at most once:
+ * - objects the chart installs that exist with no Helm ownership at all (left by manifests, e.g.
+ *   an Argo CD installed with `kubectl apply`): helm refuses them, `--take-ownership` adopts
+ *   them. An object another release owns is never taken: that is for the user to settle;
+ * - Helm 4 applies server-side, and a field of the release's objects that another manager
+ *   changed since (`kubectl edit`) is a conflict: the release owns it, so `--force-conflicts`
+ *   takes it back, as Helm 3's three-way merge does anyway. The log names the managers.
+ */
+async function upgradeInstall(ctx: StepContext, r: HelmReleaseSpec, opts: HelmWriteOptions): Promise<void> {
+  const { helm } = ctx.adapters;
+  const flags: Pick<HelmWriteOptions, 'takeOwnership' | 'forceConflicts'> = {};
+  for (;;) {
+    try {
+      await helm.upgradeInstall(r, { ...opts, ...flags });
+      return;
+    } catch (err) {
+      if (!(err instanceof HelmError)) throw err;
+      const owned = ownershipConflict(err.stderr);
+      const fields = applyConflicts(err.stderr);
+      if (owned && !flags.takeOwnership) {
+        if (owned.owner) {
+          const owner = `${owned.owner.namespace ?? r.namespace}/${owned.owner.name ?? r.name}`;
+          throw new Error(
+            `${releaseTarget(r)}: ${owned.object} belongs to Helm release ${owner}; uninstall that release (or remove the object) so ${r.namespace}/${r.name} can install it`,
+            { cause: err },
+          );
+        }
+        // --take-ownership skips helm's check for every object, and helm names only the first
+        // it refused: make sure no other object of the chart belongs to another release.
+        const foreign = await ownedElsewhere(ctx, r);
+        if (foreign.length > 0) {
+          throw new Error(
+            `${releaseTarget(r)}: ${owned.object} exists without Helm ownership, but ${foreign.slice(0, 5).join(', ')}${foreign.length > 5 ? ` and ${foreign.length - 5} more` : ''} belong to other Helm releases; uninstall those (or remove the objects) so ${r.namespace}/${r.name} can take the rest over`,
+            { cause: err },
+          );
+        }
+        ctx.log.warn({ object: owned.object }, `${owned.object} exists without Helm ownership (left by an earlier install); taking it over into ${releaseTarget(r)}`);
+        flags.takeOwnership = true;
+      } else if (fields && !flags.forceConflicts) {
+        ctx.log.warn({ managers: fields }, `${releaseTarget(r)}: ${fields.join(', ') || 'another field manager'} changed fields of the release's objects; taking them back`);
+        flags.forceConflicts = true;
+      } else {
+        throw err;
+      }
+    }
+  }
+}
+
+/** The chart's objects that exist and carry another release's Helm ownership, readable. */
+async function ownedElsewhere(ctx: StepContext, r: HelmReleaseSpec): Promise<string[]> {
+  const objects = await ctx.adapters.helm.template(r, ctx.signal);
+  const found: string[] = [];
+  for (const o of objects) {
+    const have = await ctx.adapters.kube.get(o.apiVersion, o.kind, o.name, o.namespace);
+    const a = have?.metadata.annotations ?? {};
+    const name = a['meta.helm.sh/release-name'];
+    const namespace = a['meta.helm.sh/release-namespace'];
+    if ((name !== undefined && name !== r.name) || (namespace !== undefined && namespace !== r.namespace)) {
+      found.push(`${o.kind} ${have!.metadata.namespace ? `${have!.metadata.namespace}/` : ''}${o.name} (release ${namespace ?? r.namespace}/${name ?? r.name})`);
+    }
+  }
+  return found;
 }
 
 export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseHave> {
@@ -180,17 +263,18 @@ export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseH
     },
     have: readRelease,
     changes(want, have): Change[] {
-      const ops = planRelease(want, have);
+      const ops = planRelease(want, have, cfg.refuseUpgrade);
       if (ops.length > 0) return ops.map((o) => o.change);
       const d = have.deployed;
-      return [{ action: 'noop', target: releaseTarget(want.release), detail: `${d?.chart ?? chartString(have.chart)} deployed with the desired values (revision ${d?.revision ?? '?'})` }];
+      return [{ action: 'noop', target: releaseTarget(want.release), detail: `${chartString(d?.chart ?? have.chart)} deployed with the desired values (revision ${d?.revision ?? '?'})` }];
     },
     async change(ctx, changes, want, have): Promise<Outputs> {
       const r = want.release;
       const helmOpts = { timeoutMs: cfg.helmTimeoutMs, signal: ctx.signal };
       // Re-plan from the same inputs and run the operations whose change was asked for.
-      const ops = planRelease(want, have).filter((p) => changes.some((c) => isDeepStrictEqual(c, p.change)));
+      const ops = planRelease(want, have, cfg.refuseUpgrade).filter((p) => changes.some((c) => isDeepStrictEqual(c, p.change)));
       let waited = false;
+      let refused: string | undefined;
       for (const { op, change } of ops) {
         ctx.log.info({ action: change.action, target: change.target }, `${change.action} ${change.target}: ${change.detail ?? ''}`);
         switch (op.kind) {
@@ -202,7 +286,10 @@ export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseH
             break;
           case 'install':
           case 'upgrade':
-            await ctx.adapters.helm.upgradeInstall(r, helmOpts);
+            await upgradeInstall(ctx, r, helmOpts);
+            break;
+          case 'refuse':
+            refused = op.reason;
             break;
           case 'wait':
             // One wait covers every workload: they roll out in parallel.
@@ -213,6 +300,9 @@ export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseH
             break;
         }
       }
+      // Reported, not failed: it lasts until the user changes the pin, and what needs this
+      // release goes on against the deployed version.
+      if (refused) throw new ConflictError(`${releaseTarget(r)}: ${refused}`);
       return {};
     },
     rendered(want): Partial<Rendered> {

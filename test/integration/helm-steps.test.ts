@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
+import { helmUnderTest, installHelmShim, type HelmShim } from '../rig/helm-shim.ts';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { kubeJson } from '../rig/kube-http.ts';
@@ -21,78 +22,19 @@ import { createLogger } from '../../src/log.ts';
 import type { Change, Step, StepContext } from '../../src/steps/types.ts';
 import { ciliumStep, createCiliumStep } from '../../src/steps/cilium.ts';
 import { argocdStep } from '../../src/steps/argocd.ts';
-import { planRelease, type ReleaseHave, type ReleaseWant } from '../../src/steps/helm-release.ts';
 import { readiness, RolloutTimeoutError } from '../../src/steps/rollout.ts';
 import { ciliumValues } from '../../src/desired/cilium-values.ts';
 import { argocdValues } from '../../src/desired/argocd-values.ts';
 import { isTransient } from '../../src/engine/errors.ts';
+import { readReleaseHistory } from '../../src/adapters/helm-storage.ts';
 
+// HB_HELM=helm4 runs this suite against Helm 4 (helm4-steps.test.ts); Helm 3 otherwise.
+const HELM = helmUnderTest();
 const CILIUM_CHART = join(repoRoot, 'test', 'fixtures', 'charts', 'cilium');
 const ARGOCD_CHART = join(repoRoot, 'test', 'fixtures', 'charts', 'argo-cd');
 
 // ---------------------------------------------------------------------------------------------
-// Pure parts first: the planning rules and the readiness rules, without a cluster.
-
-describe('planRelease (pure)', () => {
-  const want: ReleaseWant = {
-    release: { name: 'cilium', namespace: 'kube-system', chart: { path: '/charts/cilium' }, values: { a: { b: 1 } } },
-    rollout: [],
-  };
-  const chart = { name: 'cilium', version: '1.18.4' };
-
-  it('installs when there is no release', () => {
-    const ops = planRelease(want, { chart, workloads: [] });
-    assert.deepEqual(ops.map((o) => o.op.kind), ['install']);
-    assert.equal(ops[0]!.change.action, 'create');
-  });
-
-  it('does nothing when chart and values match a deployed release', () => {
-    const have: ReleaseHave = { chart, workloads: [], deployed: { revision: 3, status: 'deployed', chart: 'cilium-1.18.4', values: { a: { b: 1 } } } };
-    assert.deepEqual(planRelease(want, have), []);
-  });
-
-  it('upgrades a failed release even when chart and values match', () => {
-    const have: ReleaseHave = { chart, workloads: [], deployed: { revision: 3, status: 'failed', chart: 'cilium-1.18.4', values: { a: { b: 1 } } } };
-    const ops = planRelease(want, have);
-    assert.deepEqual(ops.map((o) => o.op.kind), ['upgrade']);
-    assert.match(ops[0]!.change.detail ?? '', /revision 3 is failed/);
-  });
-
-  it('a chart version change is a $.chart diff', () => {
-    const have: ReleaseHave = { chart, workloads: [], deployed: { revision: 1, status: 'deployed', chart: 'cilium-1.18.3', values: { a: { b: 1 } } } };
-    assert.deepEqual(planRelease(want, have)[0]!.change.diff, [{ path: '$.chart', from: 'cilium-1.18.3', to: 'cilium-1.18.4' }]);
-  });
-
-  it('pending-rollback: roll back again, then upgrade if the values differ', () => {
-    const have: ReleaseHave = {
-      chart,
-      workloads: [],
-      recovery: { kind: 'rollback', status: 'pending-rollback', revision: 5, toRevision: 3 },
-      deployed: { revision: 6, status: 'deployed', chart: 'cilium-1.18.4', values: { a: { b: 2 } } },
-    };
-    const ops = planRelease(want, have);
-    assert.deepEqual(ops.map((o) => o.op.kind), ['rollback', 'upgrade']);
-    assert.match(ops[0]!.change.detail ?? '', /pending-rollback.*revision 3/);
-  });
-
-  it('uninstalling (a killed uninstall): uninstall again, then install', () => {
-    const have: ReleaseHave = { chart, workloads: [], recovery: { kind: 'uninstall', status: 'uninstalling', revision: 2 } };
-    const ops = planRelease(want, have);
-    assert.deepEqual(ops.map((o) => [o.op.kind, o.change.action]), [['uninstall', 'delete'], ['install', 'create']]);
-  });
-
-  it('waits after a write even if the workloads looked ready, and only for unready ones otherwise', () => {
-    const ref = { kind: 'DaemonSet' as const, name: 'cilium', namespace: 'kube-system' };
-    const w = { ...want, rollout: [ref] };
-    const ready = [{ ref, readiness: { ready: true, summary: 'ready' } }];
-    const notReady = [{ ref, readiness: { ready: false, summary: '0 of 1 available' } }];
-    assert.deepEqual(planRelease(w, { chart, workloads: ready }).map((o) => o.op.kind), ['install', 'wait']);
-    const deployed = { revision: 1, status: 'deployed', chart: 'cilium-1.18.4', values: { a: { b: 1 } } };
-    assert.deepEqual(planRelease(w, { chart, workloads: ready, deployed }), []);
-    const ops = planRelease(w, { chart, workloads: notReady, deployed });
-    assert.deepEqual(ops.map((o) => [o.op.kind, o.change.action, o.change.target]), [['wait', 'wait', 'DaemonSet kube-system/cilium']]);
-  });
-});
+// Pure parts first: the readiness rules, without a cluster (planning: test/unit/helm-release.test.ts).
 
 describe('readiness (pure)', () => {
   const meta = { name: 'x', namespace: 'kube-system', generation: 2 };
@@ -116,11 +58,12 @@ describe('readiness (pure)', () => {
 // ---------------------------------------------------------------------------------------------
 // Against the real apiserver and the real helm.
 
-describe('helm steps against a real apiserver', () => {
+describe(`helm steps against a real apiserver (${HELM})`, () => {
   let cp: ControlPlane;
   let work: string;
   let argocdTgz: string;
   let repoServer: Server | undefined;
+  let shim: HelmShim;
   const logLines: string[] = [];
   const progress: string[] = [];
   const log = createLogger({
@@ -135,7 +78,7 @@ describe('helm steps against a real apiserver', () => {
 
   const helmEnv = () => ({ PATH: `${binDir()}:/usr/bin:/bin`, HOME: join(work, 'test-helm-home') });
   /** helm run by the test itself (not by the code under test). */
-  const helm = (...args: string[]) => execFileSync(binPath('helm'), [...args, '--kubeconfig', cp.kubeconfigPath], { encoding: 'utf8', env: helmEnv() });
+  const helm = (...args: string[]) => execFileSync(binPath(HELM), [...args, '--kubeconfig', cp.kubeconfigPath], { encoding: 'utf8', env: helmEnv() });
   const history = (name: string, ns: string) =>
     JSON.parse(helm('history', name, '--namespace', ns, '--output', 'json')) as Array<{ revision: number; status: string; chart: string }>;
   const deployedValues = (name: string, ns: string) => JSON.parse(helm('get', 'values', name, '--namespace', ns, '--output', 'json')) as unknown;
@@ -168,12 +111,13 @@ describe('helm steps against a real apiserver', () => {
 
   /** One engine pass: plan, then (unless planOnly) change when anything is to be done. */
   async function run<W, H>(step: Step<W, H>, s: Settings, opts: { planOnly?: boolean } = {}) {
+    shim.reset();
     const ctx = context(s);
     const want = step.want(s, {});
     const have = await step.have(ctx, want);
     const changes = step.changes(want, have);
     if (!opts.planOnly && changes.some((c) => c.action !== 'noop')) await step.change(ctx, changes, want, have);
-    return { changes, calls: ctx.adapters.helm.calls };
+    return { changes, calls: ctx.adapters.helm.calls, spawned: shim.calls() };
   }
 
   /** Rewrites a stored revision's status, as a helm killed mid-operation leaves it. */
@@ -191,15 +135,17 @@ describe('helm steps against a real apiserver', () => {
   const writes = (changes: Change[]) => changes.filter((c) => c.action !== 'noop');
 
   before(async () => {
-    binPath('helm'); // a missing binary fails here with the build command, never a skip
+    binPath(HELM); // a missing binary fails here with the build command, never a skip
     cp = await startControlPlane();
     work = mkdtempSync(join(tmpdir(), 'hb-helm-'));
-    // The daemon finds helm on PATH (tests put .bin/ first) and keeps its files under $STATE_DIRECTORY/helm.
-    process.env.PATH = `${binDir()}:${process.env.PATH ?? ''}`;
+    // The daemon finds helm on PATH (the recording shim of the helm under test first) and keeps
+    // its files under $STATE_DIRECTORY/helm.
+    shim = installHelmShim(join(work, 'shim'));
+    process.env.PATH = `${shim.dir}:${binDir()}:${process.env.PATH ?? ''}`;
     process.env.STATE_DIRECTORY = join(work, 'state');
     delete process.env.HELM_BIN;
     // The argo-cd chart as the Nix package ships charts: a local .tgz.
-    execFileSync(binPath('helm'), ['package', ARGOCD_CHART, '--destination', join(work, 'charts')], { env: helmEnv() });
+    execFileSync(binPath(HELM), ['package', ARGOCD_CHART, '--destination', join(work, 'charts')], { env: helmEnv() });
     argocdTgz = join(work, 'charts', 'argo-cd-10.1.1.tgz');
     assert.ok(existsSync(argocdTgz));
   });
@@ -216,7 +162,8 @@ describe('helm steps against a real apiserver', () => {
     assert.deepEqual(plan.changes.map((c) => [c.action, c.target]), [['create', 'HelmRelease kube-system/cilium']]);
 
     const cilium = await run(ciliumStep, s);
-    assert.deepEqual(cilium.calls, { 'show chart': 1, list: 1, upgrade: 1 }, 'cold install: chart metadata, release lookup, one upgrade --install');
+    assert.deepEqual(cilium.spawned, ['upgrade'], 'cold install: one helm process, upgrade --install (the release and the chart are read without helm)');
+    assert.deepEqual(cilium.calls, { upgrade: 1 });
     const argocd = await run(argocdStep, s);
     assert.deepEqual(argocd.changes.map((c) => [c.action, c.target]), [['create', 'HelmRelease argocd/argocd']]);
 
@@ -283,7 +230,8 @@ describe('helm steps against a real apiserver', () => {
     assert.deepEqual(writes(cilium.changes), []);
     assert.deepEqual(writes(argocd.changes), []);
     assert.match(cilium.changes[0]!.detail ?? '', /cilium-1\.18\.4 deployed with the desired values \(revision 1\)/);
-    assert.deepEqual(cilium.calls, { 'show chart': 1, list: 1, 'get values': 1 }, 'no-op: read-only helm calls only');
+    assert.deepEqual([cilium.spawned, argocd.spawned], [[], []], 'no-op: no helm process at all');
+    assert.deepEqual(cilium.calls, {});
     assert.equal(counts.writes, 0, `writes: ${JSON.stringify(counts.byResource)}`);
     assert.ok(counts.reads > 0, 'the no-op did read the releases');
     assert.equal(history('cilium', 'kube-system').length, 1);
@@ -309,7 +257,7 @@ describe('helm steps against a real apiserver', () => {
     // What a helm killed during the upgrade to revision 2 leaves: 1 still deployed, 2 pending.
     await setRevisionStatus('cilium', 'kube-system', 1, 'deployed');
     await setRevisionStatus('cilium', 'kube-system', 2, 'pending-upgrade');
-    const direct = spawnSync(binPath('helm'), ['upgrade', 'cilium', CILIUM_CHART, '--namespace', 'kube-system', '--kubeconfig', cp.kubeconfigPath], { encoding: 'utf8', env: helmEnv() });
+    const direct = spawnSync(binPath(HELM), ['upgrade', 'cilium', CILIUM_CHART, '--namespace', 'kube-system', '--kubeconfig', cp.kubeconfigPath], { encoding: 'utf8', env: helmEnv() });
     assert.notEqual(direct.status, 0);
     assert.match(direct.stderr, /another operation \(install\/upgrade\/rollback\) is in progress/, 'the crafted state is the real failure');
 
@@ -391,21 +339,25 @@ describe('helm steps against a real apiserver', () => {
 
   it('adapter: the given values replace the stored ones, even an empty set (--reset-values)', async () => {
     const s = settings();
-    const h = context(s).adapters.helm;
+    const { helm: h, kube } = context(s).adapters;
+    // What helm stored, read as the daemon reads it (Helm's release Secrets) and as helm reports it.
+    const latest = async () => (await readReleaseHistory(kube, 'probe', 'hb-probe'))[0]?.decode();
     const spec = { name: 'probe', namespace: 'hb-probe', chart: { path: CILIUM_CHART }, values: { operator: { replicas: 3 } } as Record<string, unknown> };
     await h.upgradeInstall(spec, { timeoutMs: 60_000 });
-    assert.deepEqual(await h.values('probe', 'hb-probe'), { operator: { replicas: 3 } });
+    assert.deepEqual((await latest())?.values, { operator: { replicas: 3 } });
+    assert.deepEqual(deployedValues('probe', 'hb-probe'), { operator: { replicas: 3 } });
     await h.upgradeInstall({ ...spec, values: {} }, { timeoutMs: 60_000 });
-    assert.deepEqual(await h.values('probe', 'hb-probe'), {}, 'helm would reuse the old values without --reset-values');
-    assert.equal((await h.get('probe', 'hb-probe'))?.revision, 2);
+    assert.deepEqual((await latest())?.values, {}, 'helm would reuse the old values without --reset-values');
+    assert.deepEqual(deployedValues('probe', 'hb-probe') ?? {}, {});
+    assert.deepEqual([(await latest())?.revision, (await latest())?.status, (await latest())?.chart], [2, 'deployed', { name: 'cilium', version: '1.18.4' }]);
     await h.uninstall('probe', 'hb-probe', { timeoutMs: 60_000 });
-    assert.equal(await h.get('probe', 'hb-probe'), undefined);
+    assert.equal(await latest(), undefined);
   });
 
   it('a chart from a Helm repository (--repo, pinned version) upgrades when the version changes', async () => {
     // A local chart repository: the fixture packaged as 1.18.5 plus its index.
     const repoDir = join(work, 'repo');
-    execFileSync(binPath('helm'), ['package', CILIUM_CHART, '--version', '1.18.5', '--destination', repoDir], { env: helmEnv() });
+    execFileSync(binPath(HELM), ['package', CILIUM_CHART, '--version', '1.18.5', '--destination', repoDir], { env: helmEnv() });
     repoServer = createServer((req, res) => {
       const file = join(repoDir, (req.url ?? '/').split('?')[0]!.replace(/^\/+/, ''));
       if (!file.startsWith(repoDir) || !existsSync(file)) return void res.writeHead(404).end();
@@ -415,14 +367,14 @@ describe('helm steps against a real apiserver', () => {
     const addr = repoServer.address();
     assert.ok(addr && typeof addr === 'object');
     const url = `http://127.0.0.1:${addr.port}`;
-    execFileSync(binPath('helm'), ['repo', 'index', repoDir, '--url', url], { env: helmEnv() });
+    execFileSync(binPath(HELM), ['repo', 'index', repoDir, '--url', url], { env: helmEnv() });
 
     const s = settings({
       cilium: { chart: { repo: url, chart: 'cilium', version: '1.18.5' }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } },
     });
     const plan = await run(ciliumStep, s, { planOnly: true });
     assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.chart', from: 'cilium-1.18.4', to: 'cilium-1.18.5' }]);
-    assert.deepEqual(plan.calls, { list: 1, 'get values': 1 }, 'a repository chart needs no `helm show chart`');
+    assert.deepEqual(plan.spawned, [], 'planning a repository chart starts no helm either');
     await run(ciliumStep, s);
     assert.equal(history('cilium', 'kube-system').at(-1)!.chart, 'cilium-1.18.5');
     assert.deepEqual(writes((await run(ciliumStep, s)).changes), []);

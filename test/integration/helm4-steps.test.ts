@@ -1,0 +1,3 @@
+// The Helm step suite against Helm 4 (nixpkgs-unstable ships it): the same tests, HB_HELM=helm4.
+process.env.HB_HELM = 'helm4';
+await import('./helm-steps.test.ts');
