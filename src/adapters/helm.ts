@@ -10,7 +10,6 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import type { Logger } from 'pino';
 import { parseAllDocuments } from 'yaml';
 import { isTransientMessage, TransientError } from '../engine/errors.ts';
@@ -176,6 +175,8 @@ export class Helm {
     const full = opts.cluster === false ? args : [...args, '--kubeconfig', this.kubeconfigPath];
     const started = Date.now();
     this.log.debug({ helm: full }, `helm ${command}`);
+    // Loaded when helm first runs: a no-op boot runs none, and execa is a good share of start-up.
+    const { execa } = await import('execa');
     const res = await execa(this.bin, full, {
       env: this.#env(),
       extendEnv: false,
