@@ -99,7 +99,9 @@ async function main(): Promise<number> {
     chmodSync(join(shimDir, 'helm'), 0o755);
     // info, the level the NixOS unit runs at; the lines are captured, and shown only when a
     // no-op apply turns out to change something.
-    const env = { PATH: `${shimDir}:${binDir()}:${process.env.PATH}`, HOME: dir, LOG_LEVEL: 'info' };
+    // NODE_OPTIONS as the NixOS package's wrapper sets it (package.json config.nodeOptions).
+    const nodeOptions = (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { config: { nodeOptions: string } }).config.nodeOptions;
+    const env = { PATH: `${shimDir}:${binDir()}:${process.env.PATH}`, HOME: dir, LOG_LEVEL: 'info', NODE_OPTIONS: nodeOptions };
     const helmCount = () => {
       let lines: string[] = [];
       try {
