@@ -79,6 +79,21 @@ interface ApiResource {
   namespaced: boolean;
 }
 
+/**
+ * Built-in kinds the daemon reads on every run, whose resource names every Kubernetes serves
+ * the same: no discovery read for them (a no-op run counts its reads).
+ */
+const BUILTIN: Record<string, Record<string, ApiResource>> = {
+  v1: {
+    Namespace: { name: 'namespaces', kind: 'Namespace', namespaced: false },
+    Secret: { name: 'secrets', kind: 'Secret', namespaced: true },
+    ConfigMap: { name: 'configmaps', kind: 'ConfigMap', namespaced: true },
+    Service: { name: 'services', kind: 'Service', namespaced: true },
+  },
+  'apiextensions.k8s.io/v1': { CustomResourceDefinition: { name: 'customresourcedefinitions', kind: 'CustomResourceDefinition', namespaced: false } },
+  'coordination.k8s.io/v1': { Lease: { name: 'leases', kind: 'Lease', namespaced: true } },
+};
+
 interface Connection {
   server: URL;
   agent: http.Agent;
@@ -256,6 +271,8 @@ export class KubeClient {
   }
 
   async #resourceFor(apiVersion: string, kind: string): Promise<ApiResource | undefined> {
+    const builtin = BUILTIN[apiVersion]?.[kind];
+    if (builtin) return builtin;
     const find = (l: ApiResource[] | undefined) => l?.find((r) => r.kind === kind && !r.name.includes('/'));
     return find(await this.#resourceList(apiVersion)) ?? find(await this.#resourceList(apiVersion, true));
   }
@@ -270,19 +287,22 @@ export class KubeClient {
    * `resourcePlural` of `group`; undefined when none does (CRD not installed yet).
    */
   async servedVersion(group: string, resourcePlural: string): Promise<string | undefined> {
-    return (await this.servedVersions(group, resourcePlural))[0];
+    return (await this.servedVersions(group, [resourcePlural]))[resourcePlural]?.[0];
   }
 
-  /** Every apiVersion serving `resourcePlural` of `group`, in the server's preference order. */
-  async servedVersions(group: string, resourcePlural: string): Promise<string[]> {
+  /**
+   * For each of `resourcePlurals` of `group`, every apiVersion serving it, in the server's
+   * preference order. One read of the group and one per version, however many plurals.
+   */
+  async servedVersions(group: string, resourcePlurals: readonly string[]): Promise<Record<string, string[]>> {
+    const out: Record<string, string[]> = Object.fromEntries(resourcePlurals.map((p) => [p, []]));
     const res = await this.#request('GET', `/apis/${encodeURIComponent(group)}`);
-    if (res.status === 404) return [];
+    if (res.status === 404) return out;
     if (res.status !== 200) throw this.#fail(res, `discovery of ${group}`);
     const versions = (JSON.parse(res.text) as { versions?: { groupVersion: string }[] }).versions ?? [];
-    const out: string[] = [];
     for (const v of versions) {
       const list = await this.#resourceList(v.groupVersion, true);
-      if (list?.some((r) => r.name === resourcePlural)) out.push(v.groupVersion);
+      for (const p of resourcePlurals) if (list?.some((r) => r.name === p)) out[p]!.push(v.groupVersion);
     }
     return out;
   }

@@ -41,13 +41,13 @@ function crdServed(crd: KubeObject): string[] {
  * or after an upgrade adds v2), and a stale answer would pin the pool to the old version.
  */
 export async function discoverL2Versions(kube: Pick<KubeClient, 'servedVersions'>, crds: Map<string, KubeObject>): Promise<L2ApiVersions | undefined> {
-  const pick = async (crdName: string) => {
-    const crd = crds.get(crdName);
-    if (!crd) return undefined;
-    const served = await kube.servedVersions(GROUP, pluralOf(crdName));
-    return JSON.stringify([...served].sort()) === JSON.stringify(crdServed(crd)) ? served[0] : undefined;
+  if (!crds.has(POOL_CRD) || !crds.has(L2_POLICY_CRD)) return undefined;
+  const served = await kube.servedVersions(GROUP, [pluralOf(POOL_CRD), pluralOf(L2_POLICY_CRD)]);
+  const pick = (crdName: string) => {
+    const versions = served[pluralOf(crdName)] ?? [];
+    return JSON.stringify([...versions].sort()) === JSON.stringify(crdServed(crds.get(crdName)!)) ? versions[0] : undefined;
   };
-  const [poolApiVersion, l2PolicyApiVersion] = await Promise.all([pick(POOL_CRD), pick(L2_POLICY_CRD)]);
+  const [poolApiVersion, l2PolicyApiVersion] = [pick(POOL_CRD), pick(L2_POLICY_CRD)];
   return poolApiVersion && l2PolicyApiVersion ? { poolApiVersion, l2PolicyApiVersion } : undefined;
 }
 

@@ -109,7 +109,7 @@ test('cilium-crds trusts discovery only once it serves exactly what each CRD dec
     ['ciliuml2announcementpolicies.cilium.io', crd('ciliuml2announcementpolicies.cilium.io', ['v2alpha1'])],
   ]);
   const discovery = (pool: string[]) => ({
-    servedVersions: async (_g: string, plural: string) => (plural === 'ciliumloadbalancerippools' ? pool : ['cilium.io/v2alpha1']),
+    servedVersions: async (_g: string, plurals: readonly string[]) => Object.fromEntries(plurals.map((p) => [p, p === 'ciliumloadbalancerippools' ? pool : ['cilium.io/v2alpha1']])),
   });
   // Right after Established (or an upgrade adding v2), discovery may still list only v2alpha1.
   assert.equal(await discoverL2Versions(discovery(['cilium.io/v2alpha1']), crds), undefined);
