@@ -1,16 +1,19 @@
-// The cilium and argocd steps against a real kube-apiserver with the real helm binary and the
-// fixture charts. Steps are driven the way the engine drives them: want, have, changes, change.
+// The cilium and argocd steps against a real kube-apiserver with controllers and a kwok node,
+// the real helm binary and the real upstream charts. Steps are driven the way the engine drives
+// them: want, have, changes, change.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
+import { binDir, binPath } from '../rig/binaries.ts';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
+import { argocdChart, ciliumChart } from '../rig/charts.ts';
+import { NODE_NAME, NOT_READY_ANNOTATION } from '../rig/node-sim.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { kubeJson } from '../rig/kube-http.ts';
 import { parseSettings } from '../../src/settings/load.ts';
@@ -27,8 +30,9 @@ import { ciliumValues } from '../../src/desired/cilium-values.ts';
 import { argocdValues } from '../../src/desired/argocd-values.ts';
 import { isTransient } from '../../src/engine/errors.ts';
 
-const CILIUM_CHART = join(repoRoot, 'test', 'fixtures', 'charts', 'cilium');
-const ARGOCD_CHART = join(repoRoot, 'test', 'fixtures', 'charts', 'argo-cd');
+// One minor below the newest local chart, so that the repository test below has a one-minor upgrade to make.
+const CILIUM_CHART = ciliumChart('1.19.6');
+const ARGOCD_CHART = argocdChart();
 
 // ---------------------------------------------------------------------------------------------
 // Pure parts first: the planning rules and the readiness rules, without a cluster.
@@ -119,7 +123,6 @@ describe('readiness (pure)', () => {
 describe('helm steps against a real apiserver', () => {
   let cp: ControlPlane;
   let work: string;
-  let argocdTgz: string;
   let repoServer: Server | undefined;
   const logLines: string[] = [];
   const progress: string[] = [];
@@ -148,7 +151,7 @@ describe('helm steps against a real apiserver', () => {
       network: { lbPool: { start: '192.168.0.240', stop: '192.168.0.250' }, ingressIP: '192.168.0.240' },
       gitops: { repoURL: 'https://github.com/example/homelab.git' },
       cilium: { chart: { path: CILIUM_CHART }, waitForReady: false },
-      argocd: { chart: { path: argocdTgz } },
+      argocd: { chart: { path: ARGOCD_CHART } },
       ...over,
     });
   }
@@ -192,16 +195,13 @@ describe('helm steps against a real apiserver', () => {
 
   before(async () => {
     binPath('helm'); // a missing binary fails here with the build command, never a skip
-    cp = await startControlPlane();
+    // Controllers and a kwok node: Pods run and turn Ready, and argo-cd's pre-install hook Job completes.
+    cp = await startControlPlane({ controllers: true });
     work = mkdtempSync(join(tmpdir(), 'hb-helm-'));
     // The daemon finds helm on PATH (tests put .bin/ first) and keeps its files under $STATE_DIRECTORY/helm.
     process.env.PATH = `${binDir()}:${process.env.PATH ?? ''}`;
     process.env.STATE_DIRECTORY = join(work, 'state');
     delete process.env.HELM_BIN;
-    // The argo-cd chart as the Nix package ships charts: a local .tgz.
-    execFileSync(binPath('helm'), ['package', ARGOCD_CHART, '--destination', join(work, 'charts')], { env: helmEnv() });
-    argocdTgz = join(work, 'charts', 'argo-cd-10.1.1.tgz');
-    assert.ok(existsSync(argocdTgz));
   });
 
   after(async () => {
@@ -210,7 +210,7 @@ describe('helm steps against a real apiserver', () => {
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
-  it('cold install: both releases from the fixture charts, values reach the apiserver', async () => {
+  it('cold install: both releases from the real charts, values reach the apiserver', async () => {
     const s = settings();
     const plan = await run(ciliumStep, s, { planOnly: true });
     assert.deepEqual(plan.changes.map((c) => [c.action, c.target]), [['create', 'HelmRelease kube-system/cilium']]);
@@ -229,13 +229,14 @@ describe('helm steps against a real apiserver', () => {
 
     const cm = await get('/api/v1/namespaces/kube-system/configmaps/cilium-config');
     assert.equal(cm.data['kube-proxy-replacement'], 'true');
-    assert.equal(cm.data['k8s-service-host'], '127.0.0.1');
-    assert.equal(cm.data['k8s-service-port'], '6444');
     assert.equal(cm.data.ipam, 'kubernetes');
-    assert.equal(cm.data['cni-bin-path'], '/var/lib/rancher/k3s/data/cni');
     const operator = await get('/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator');
     assert.equal(operator.spec.replicas, 1);
-    assert.ok(await get('/apis/apps/v1/namespaces/kube-system/daemonsets/cilium'));
+    const agent = (await get('/apis/apps/v1/namespaces/kube-system/daemonsets/cilium')).spec.template.spec;
+    const env = Object.fromEntries(agent.containers.find((c: any) => c.name === 'cilium-agent').env.map((e: any) => [e.name, e.value]));
+    assert.equal(env.KUBERNETES_SERVICE_HOST, '127.0.0.1');
+    assert.equal(env.KUBERNETES_SERVICE_PORT, '6444');
+    assert.ok(agent.volumes.some((v: any) => v.hostPath?.path === '/var/lib/rancher/k3s/data/cni'), 'k3s CNI bin path mounted');
     const ingressSvc = await get('/api/v1/namespaces/kube-system/services/cilium-ingress');
     assert.equal(ingressSvc.metadata.annotations['lbipam.cilium.io/ips'], '192.168.0.240');
 
@@ -282,7 +283,7 @@ describe('helm steps against a real apiserver', () => {
     const counts = await countRequests(cp, { since: mark });
     assert.deepEqual(writes(cilium.changes), []);
     assert.deepEqual(writes(argocd.changes), []);
-    assert.match(cilium.changes[0]!.detail ?? '', /cilium-1\.18\.4 deployed with the desired values \(revision 1\)/);
+    assert.match(cilium.changes[0]!.detail ?? '', /cilium-1\.19\.6 deployed with the desired values \(revision 1\)/);
     assert.deepEqual(cilium.calls, { 'show chart': 1, list: 1, 'get values': 1 }, 'no-op: read-only helm calls only');
     assert.equal(counts.writes, 0, `writes: ${JSON.stringify(counts.byResource)}`);
     assert.ok(counts.reads > 0, 'the no-op did read the releases');
@@ -341,49 +342,57 @@ describe('helm steps against a real apiserver', () => {
     assert.deepEqual(writes((await run(argocdStep, s)).changes), []);
   });
 
-  it('readiness wait: not ready ends in a bounded, clear error', async () => {
-    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values: { hubble: { relay: { enabled: false } } } } });
-    const step = createCiliumStep({ rolloutTimeoutMs: 1500, pollMs: 100 });
+  /** The Pods of the agent DaemonSet on the simulated node, with their Ready condition. */
+  const agentPods = async () =>
+    ((await get(`/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dcilium&fieldSelector=spec.nodeName%3D${NODE_NAME}`)).items as any[]).map((p) => ({
+      name: p.metadata.name as string,
+      deleting: Boolean(p.metadata.deletionTimestamp),
+      annotated: p.metadata.annotations?.[NOT_READY_ANNOTATION] === 'true',
+      ready: (p.status?.conditions ?? []).some((c: any) => c.type === 'Ready' && c.status === 'True'),
+    }));
+
+  it('readiness wait: a Pod that never turns Ready ends in a bounded error naming the workload', async () => {
+    // The agent's new Pods run on the kwok node but never pass their readiness probe (a crash loop, on purpose).
+    const values = { hubble: { relay: { enabled: false } }, podAnnotations: { [NOT_READY_ANNOTATION]: 'true' } };
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values } });
+    const step = createCiliumStep({ rolloutTimeoutMs: 8000, pollMs: 200 });
     const ctx = context(s);
     const want = step.want(s, {});
     const have = await step.have(ctx, want);
     const changes = step.changes(want, have);
-    assert.deepEqual(changes.map((c) => [c.action, c.target]), [['wait', 'DaemonSet kube-system/cilium'], ['wait', 'Deployment kube-system/cilium-operator']]);
+    assert.deepEqual(changes.map((c) => [c.action, c.target]), [['update', 'HelmRelease kube-system/cilium'], ['wait', 'DaemonSet kube-system/cilium'], ['wait', 'Deployment kube-system/cilium-operator']]);
     const started = Date.now();
     await assert.rejects(step.change(ctx, changes, want, have), (err: Error) => {
       assert.ok(err instanceof RolloutTimeoutError, String(err));
-      assert.match(err.message, /^cilium not ready after 1\.5 s: DaemonSet kube-system\/cilium: controller has not seen generation \d+ yet; Deployment kube-system\/cilium-operator: controller has not seen generation \d+ yet$/);
+      assert.match(err.message, /^cilium not ready after 8 s: DaemonSet kube-system\/cilium: 0 of 1 available; Deployment kube-system\/cilium-operator: ready \(1 of 1\)$/);
       return true;
     });
-    assert.ok(Date.now() - started < 5000, 'bounded');
+    // The helm upgrade, then at most the bound and one poll.
+    assert.ok(Date.now() - started < 60_000, 'bounded');
     assert.ok(isTransient(new RolloutTimeoutError('x')), 'the engine may retry it: image pulls clear by themselves');
     assert.ok(progress.some((p) => p.startsWith('waiting for cilium')), 'progress reported');
+    const pods = (await agentPods()).filter((p) => !p.deleting);
+    assert.deepEqual(pods.map((p) => [p.annotated, p.ready]), [[true, false]], 'the controllers replaced the agent Pod with one that kwok keeps not Ready');
   });
 
-  it('readiness wait: the step finishes once the DaemonSet and Deployment report ready', async () => {
+  it('readiness wait: ends once the controllers have rolled out Pods that kwok reports Ready', async () => {
     const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values: { hubble: { relay: { enabled: false } } } } });
-    const step = createCiliumStep({ rolloutTimeoutMs: 20_000, pollMs: 100 });
+    const step = createCiliumStep({ rolloutTimeoutMs: 60_000, pollMs: 200 });
     const ctx = context(s);
     const want = step.want(s, {});
     const have = await step.have(ctx, want);
     const changes = step.changes(want, have);
-    const done = step.change(ctx, changes, want, have);
+    assert.deepEqual(changes.map((c) => [c.action, c.target]), [['update', 'HelmRelease kube-system/cilium'], ['wait', 'DaemonSet kube-system/cilium'], ['wait', 'Deployment kube-system/cilium-operator']]);
     const before = logLines.length;
-    await new Promise((r) => setTimeout(r, 500));
-
-    // Play the DaemonSet and Deployment controllers: no controller-manager runs in the rig.
-    const ds = await get('/apis/apps/v1/namespaces/kube-system/daemonsets/cilium');
-    await kubeJson(cp.rig, 'PATCH', '/apis/apps/v1/namespaces/kube-system/daemonsets/cilium/status', {
-      contentType: 'application/merge-patch+json',
-      body: { status: { observedGeneration: ds.metadata.generation, currentNumberScheduled: 1, desiredNumberScheduled: 1, numberMisscheduled: 0, numberReady: 1, updatedNumberScheduled: 1, numberAvailable: 1 } },
-    });
-    const dep = await get('/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator');
-    await kubeJson(cp.rig, 'PATCH', '/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator/status', {
-      contentType: 'application/merge-patch+json',
-      body: { status: { observedGeneration: dep.metadata.generation, replicas: 1, updatedReplicas: 1, readyReplicas: 1, availableReplicas: 1 } },
-    });
-    await done;
-    assert.ok(logLines.slice(before).some((l) => l.includes('cilium is ready')), 'the finish is logged');
+    const seen = progress.length;
+    await step.change(ctx, changes, want, have);
+    // It did wait: the agent was not ready at first (the new Pod had to be made, scheduled and started).
+    assert.ok(progress.slice(seen).some((p) => /waiting for cilium .*DaemonSet kube-system\/cilium: (?!ready)/.test(p)), progress.slice(seen).join('\n'));
+    const done = logLines.slice(before).map((l) => JSON.parse(l)).find((l) => l.event === 'rollout' && typeof l.waitedMs === 'number');
+    assert.ok(done, 'the end of the wait is logged');
+    assert.match(done.msg, /^cilium is ready: DaemonSet kube-system\/cilium: ready \(1 of 1\); Deployment kube-system\/cilium-operator: ready \(1 of 1\)$/);
+    const pods = (await agentPods()).filter((p) => !p.deleting);
+    assert.deepEqual(pods.map((p) => [p.annotated, p.ready]), [[false, true]], 'a Ready agent Pod without the annotation');
 
     // Ready and unchanged: nothing left to do, not even a wait.
     assert.deepEqual(writes((await run(step, s)).changes), []);
@@ -392,20 +401,23 @@ describe('helm steps against a real apiserver', () => {
   it('adapter: the given values replace the stored ones, even an empty set (--reset-values)', async () => {
     const s = settings();
     const h = context(s).adapters.helm;
-    const spec = { name: 'probe', namespace: 'hb-probe', chart: { path: CILIUM_CHART }, values: { operator: { replicas: 3 } } as Record<string, unknown> };
-    await h.upgradeInstall(spec, { timeoutMs: 60_000 });
-    assert.deepEqual(await h.values('probe', 'hb-probe'), { operator: { replicas: 3 } });
-    await h.upgradeInstall({ ...spec, values: {} }, { timeoutMs: 60_000 });
-    assert.deepEqual(await h.values('probe', 'hb-probe'), {}, 'helm would reuse the old values without --reset-values');
+    // A second argo-cd beside the first: its objects are named after the release; the CRDs stay with the first.
+    const base = { crds: { install: false } };
+    const spec = { name: 'probe', namespace: 'hb-probe', chart: { path: ARGOCD_CHART }, values: { ...base, server: { replicas: 3 } } as Record<string, unknown> };
+    await h.upgradeInstall(spec, { timeoutMs: 120_000 });
+    assert.deepEqual(await h.values('probe', 'hb-probe'), { ...base, server: { replicas: 3 } });
+    await h.upgradeInstall({ ...spec, values: base }, { timeoutMs: 120_000 });
+    assert.deepEqual(await h.values('probe', 'hb-probe'), base, 'helm would reuse the old values without --reset-values');
     assert.equal((await h.get('probe', 'hb-probe'))?.revision, 2);
-    await h.uninstall('probe', 'hb-probe', { timeoutMs: 60_000 });
+    await h.uninstall('probe', 'hb-probe', { timeoutMs: 120_000 });
     assert.equal(await h.get('probe', 'hb-probe'), undefined);
   });
 
   it('a chart from a Helm repository (--repo, pinned version) upgrades when the version changes', async () => {
-    // A local chart repository: the fixture packaged as 1.18.5 plus its index.
+    // A local chart repository holding the next minor's real chart, plus its index.
     const repoDir = join(work, 'repo');
-    execFileSync(binPath('helm'), ['package', CILIUM_CHART, '--version', '1.18.5', '--destination', repoDir], { env: helmEnv() });
+    mkdirSync(repoDir, { recursive: true });
+    copyFileSync(ciliumChart('1.20.0'), join(repoDir, 'cilium-1.20.0.tgz'));
     repoServer = createServer((req, res) => {
       const file = join(repoDir, (req.url ?? '/').split('?')[0]!.replace(/^\/+/, ''));
       if (!file.startsWith(repoDir) || !existsSync(file)) return void res.writeHead(404).end();
@@ -418,13 +430,13 @@ describe('helm steps against a real apiserver', () => {
     execFileSync(binPath('helm'), ['repo', 'index', repoDir, '--url', url], { env: helmEnv() });
 
     const s = settings({
-      cilium: { chart: { repo: url, chart: 'cilium', version: '1.18.5' }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } },
+      cilium: { chart: { repo: url, chart: 'cilium', version: '1.20.0' }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } },
     });
     const plan = await run(ciliumStep, s, { planOnly: true });
-    assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.chart', from: 'cilium-1.18.4', to: 'cilium-1.18.5' }]);
+    assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.chart', from: 'cilium-1.19.6', to: 'cilium-1.20.0' }]);
     assert.deepEqual(plan.calls, { list: 1, 'get values': 1 }, 'a repository chart needs no `helm show chart`');
     await run(ciliumStep, s);
-    assert.equal(history('cilium', 'kube-system').at(-1)!.chart, 'cilium-1.18.5');
+    assert.equal(history('cilium', 'kube-system').at(-1)!.chart, 'cilium-1.20.0');
     assert.deepEqual(writes((await run(ciliumStep, s)).changes), []);
   });
 });

@@ -131,7 +131,8 @@ function assertClean(what: string, text: string): void {
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'hb-leak-'));
-  cp = await startControlPlane();
+  // Controllers and a kwok node: the demo settings wait for Cilium's Pods, and argo-cd's hook Job must complete.
+  cp = await startControlPlane({ controllers: true });
   const token = randomBytes(24).toString('hex');
   const accountId = randomBytes(16).toString('hex');
   emu = await CloudflareEmulator.start({ token, accountId, zones: ['peterstorm.io'] });
@@ -152,7 +153,7 @@ before(async () => {
   const tokenFile = join(dir, 'cloudflare-token');
   writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
   config = join(dir, 'homelab.json');
-  writeFileSync(config, JSON.stringify(demoSettings({ dir, kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId }), null, 2));
+  writeFileSync(config, JSON.stringify(demoSettings({ kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId }), null, 2));
   stateDir = join(dir, 'state');
 
   // debug: the most the daemon ever logs (helm argv, every request). No secret in this env.
