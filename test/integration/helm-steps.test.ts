@@ -13,7 +13,7 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import { binDir, binPath } from '../rig/binaries.ts';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { argocdChart, ciliumChart } from '../rig/charts.ts';
-import { NODE_NAME, NOT_READY_ANNOTATION } from '../rig/node-sim.ts';
+import { NODE_NAME, NOT_READY_ANNOTATION, START_AFTER_ANNOTATION } from '../rig/node-sim.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { kubeJson } from '../rig/kube-http.ts';
 import { parseSettings } from '../../src/settings/load.ts';
@@ -376,7 +376,9 @@ describe('helm steps against a real apiserver', () => {
   });
 
   it('readiness wait: ends once the controllers have rolled out Pods that kwok reports Ready', async () => {
-    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values: { hubble: { relay: { enabled: false } } } } });
+    // The new agent Pod takes 8 s to start: longer than the helm upgrade, so the wait sees it not Ready first.
+    const values = { hubble: { relay: { enabled: false } }, podAnnotations: { [START_AFTER_ANNOTATION]: '8s' } };
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values } });
     const step = createCiliumStep({ rolloutTimeoutMs: 60_000, pollMs: 200 });
     const ctx = context(s);
     const want = step.want(s, {});
@@ -396,6 +398,7 @@ describe('helm steps against a real apiserver', () => {
 
     // Ready and unchanged: nothing left to do, not even a wait.
     assert.deepEqual(writes((await run(step, s)).changes), []);
+    assert.deepEqual((await run(step, s)).changes.filter((c) => c.action === 'wait'), []);
   });
 
   it('adapter: the given values replace the stored ones, even an empty set (--reset-values)', async () => {
@@ -430,7 +433,8 @@ describe('helm steps against a real apiserver', () => {
     execFileSync(binPath('helm'), ['repo', 'index', repoDir, '--url', url], { env: helmEnv() });
 
     const s = settings({
-      cilium: { chart: { repo: url, chart: 'cilium', version: '1.20.0' }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } },
+      // The deployed values, so that only the chart differs.
+      cilium: { chart: { repo: url, chart: 'cilium', version: '1.20.0' }, waitForReady: false, values: deployedValues('cilium', 'kube-system') as Record<string, unknown> },
     });
     const plan = await run(ciliumStep, s, { planOnly: true });
     assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.chart', from: 'cilium-1.19.6', to: 'cilium-1.20.0' }]);

@@ -144,8 +144,10 @@ async function startOnce(opts: ControlPlaneOptions, log: (line: string) => void)
       `--audit-log-path=${auditLogPath}`,
       '--audit-log-format=json',
       '--audit-log-mode=blocking',
-      // Needs the token controller of kube-controller-manager, which the rig does not run.
-      '--disable-admission-plugins=ServiceAccount',
+      // ServiceAccount: needs the token controller of kube-controller-manager, which the rig does
+      // not run. TaintNodesByCondition: it taints a new node not-ready until the node lifecycle
+      // controller lifts it; that controller would also evict the Pods of a node without heartbeats.
+      '--disable-admission-plugins=ServiceAccount,TaintNodesByCondition',
       // Fewer bootstrap objects and goroutines on a small machine.
       '--enable-priority-and-fairness=false',
       // 127.0.0.1 is not a valid endpoint for the kubernetes Service; do not try to publish it.

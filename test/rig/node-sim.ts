@@ -23,6 +23,10 @@ export const NODE_LABELS: Readonly<Record<string, string>> = {
 const KWOK_NODE_ANNOTATION = 'kwok.x-k8s.io/node';
 /** A Pod with this annotation runs but never turns Ready: a crash-looping workload, on purpose. */
 export const NOT_READY_ANNOTATION = 'rig.homelab-bootstrap/not-ready';
+/** How long a scheduled Pod takes to start (a Go duration, e.g. "5s"); without it, START_MS. */
+export const START_AFTER_ANNOTATION = 'rig.homelab-bootstrap/start-after';
+/** A container start without an image pull: long enough that a readiness wait sees the Pod not Ready first. */
+export const START_MS = 1000;
 
 // Only what the charts and the daemon rely on; the rest of kube-controller-manager (node
 // lifecycle, endpoints, CSR signing, token secrets…) would cost start-up time for nothing here.
@@ -204,6 +208,7 @@ phase: Running
     spec: {
       resourceRef: { apiGroup: 'v1', kind: 'Pod' },
       selector: { matchExpressions: [notDeleting, marked('DoesNotExist'), { key: '.status.phase', operator: 'In', values: ['Pending'] }] },
+      delay: { durationMilliseconds: START_MS, durationFrom: { jq: { expression: `.metadata.annotations["${START_AFTER_ANNOTATION}"]` } } },
       next: { statusTemplate: podRunning(true) },
     },
   },
