@@ -65,6 +65,12 @@ async function main(): Promise<number> {
     for (const h of helmList(cp)) say(`  ${h.namespace}/${h.name}: ${h.chart}, revision ${h.revision}, ${h.status}`);
     say('waited for:');
     for (const w of waits(first.lines)) say(`  ${w}`);
+    // helm itself waits for a chart's hook Jobs (argo-cd's redis-secret-init) to complete.
+    const jobs = await kubeJson<{ items: { metadata: { namespace: string; name: string; annotations?: Record<string, string> }; status?: { succeeded?: number } }[] }>(cp.rig, 'GET', '/apis/batch/v1/jobs');
+    for (const j of jobs.json?.items ?? []) {
+      const hook = j.metadata.annotations?.['helm.sh/hook'];
+      if (hook) say(`  helm: the ${hook} hook Job ${j.metadata.namespace}/${j.metadata.name} (${j.status?.succeeded ? 'completed' : 'not completed'})`);
+    }
     const pods = await kubeJson<{ items: { metadata: { namespace: string; name: string }; status?: { phase?: string; conditions?: { type: string; status: string }[] } }[] }>(
       cp.rig,
       'GET',
