@@ -220,7 +220,8 @@ test('no Kubernetes Event, ConfigMap or stored helm value holds a secret', async
   // The values helm keeps in its release Secrets, as helm itself shows them.
   const rigKubeconfig = join(cp.dir, 'rig-kubeconfig');
   for (const [name, ns] of [['cilium', 'kube-system'], ['argocd', 'argocd']] as const) {
-    const values = execFileSync(binPath('helm'), ['get', 'all', name, '--namespace', ns, '--kubeconfig', rigKubeconfig], { encoding: 'utf8', env: { PATH: process.env.PATH, HOME: dir } });
+    // The real argo-cd release renders megabytes (its CRDs): more than execFileSync's default buffer.
+    const values = execFileSync(binPath('helm'), ['get', 'all', name, '--namespace', ns, '--kubeconfig', rigKubeconfig], { encoding: 'utf8', env: { PATH: process.env.PATH, HOME: dir }, maxBuffer: 64 * 1024 * 1024 });
     assert.ok(values.length > 0);
     assertClean(`helm release ${ns}/${name} (values and manifest)`, values);
   }
