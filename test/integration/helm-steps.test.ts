@@ -351,9 +351,14 @@ describe('helm steps against a real apiserver', () => {
       ready: (p.status?.conditions ?? []).some((c: any) => c.type === 'Ready' && c.status === 'True'),
     }));
 
-  it('readiness wait: a Pod that never turns Ready ends in a bounded error naming the workload', async () => {
-    // The agent's new Pods run on the kwok node but never pass their readiness probe (a crash loop, on purpose).
-    const values = { hubble: { relay: { enabled: false } }, podAnnotations: { [NOT_READY_ANNOTATION]: 'true' } };
+  it('readiness wait: Pods that never turn Ready end in a bounded error naming each workload', async () => {
+    // The agent's new Pod runs on the kwok node but never passes its readiness probe (a crash loop,
+    // on purpose); the operator's new Pod selects a node that does not exist and is never scheduled.
+    const values = {
+      hubble: { relay: { enabled: false } },
+      podAnnotations: { [NOT_READY_ANNOTATION]: 'true' },
+      operator: { nodeSelector: { 'kubernetes.io/os': 'windows' } },
+    };
     const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values } });
     const step = createCiliumStep({ rolloutTimeoutMs: 8000, pollMs: 200 });
     const ctx = context(s);
@@ -364,7 +369,7 @@ describe('helm steps against a real apiserver', () => {
     const started = Date.now();
     await assert.rejects(step.change(ctx, changes, want, have), (err: Error) => {
       assert.ok(err instanceof RolloutTimeoutError, String(err));
-      assert.match(err.message, /^cilium not ready after 8 s: DaemonSet kube-system\/cilium: 0 of 1 available; Deployment kube-system\/cilium-operator: ready \(1 of 1\)$/);
+      assert.match(err.message, /^cilium not ready after 8 s: DaemonSet kube-system\/cilium: 0 of 1 available; Deployment kube-system\/cilium-operator: 0 of 1 available$/);
       return true;
     });
     // The helm upgrade, then at most the bound and one poll.
@@ -373,6 +378,8 @@ describe('helm steps against a real apiserver', () => {
     assert.ok(progress.some((p) => p.startsWith('waiting for cilium')), 'progress reported');
     const pods = (await agentPods()).filter((p) => !p.deleting);
     assert.deepEqual(pods.map((p) => [p.annotated, p.ready]), [[true, false]], 'the controllers replaced the agent Pod with one that kwok keeps not Ready');
+    const operatorPods = (await get('/api/v1/namespaces/kube-system/pods?labelSelector=name%3Dcilium-operator')).items.filter((p: any) => !p.metadata.deletionTimestamp);
+    assert.deepEqual(operatorPods.map((p: any) => [p.status.phase, p.spec.nodeName]), [['Pending', undefined]], 'the new operator Pod found no node');
   });
 
   it('readiness wait: ends once the controllers have rolled out Pods that kwok reports Ready', async () => {
