@@ -403,7 +403,7 @@ in
         default = null;
         example = literalExpression ''
           pkgs.fetchurl {
-            url = "https://helm.cilium.io/cilium-1.18.4.tgz";
+            url = "https://helm.cilium.io/cilium-1.20.0.tgz";
             hash = "sha256-…";
           }
         '';

@@ -4,7 +4,9 @@ import { z } from 'zod';
 import { isIPv4 } from 'node:net';
 
 export const DEFAULTS = {
-  cilium: { repo: 'https://helm.cilium.io', chart: 'cilium', version: '1.18.4' },
+  // The newest Cilium whose tested Kubernetes versions (1.33–1.36) include the k3s of NixOS
+  // 26.05 (1.35); 1.18 stops at 1.33. Cilium upgrades one minor at a time.
+  cilium: { repo: 'https://helm.cilium.io', chart: 'cilium', version: '1.20.0' },
   argocd: { repo: 'https://argoproj.github.io/argo-helm', chart: 'argo-cd', version: '10.1.1' },
   ksopsImage: 'viaductoss/ksops:v4.5.1',
   cloudflareApi: 'https://api.cloudflare.com/client/v4',

@@ -1,17 +1,20 @@
-// The cilium and argocd steps against a real kube-apiserver with the real helm binary and the
-// fixture charts. Steps are driven the way the engine drives them: want, have, changes, change.
+// The cilium and argocd steps against a real kube-apiserver with controllers and a kwok node,
+// the real helm binary and the real upstream charts. Steps are driven the way the engine drives
+// them: want, have, changes, change.
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
+import { binDir, binPath } from '../rig/binaries.ts';
 import { helmUnderTest, installHelmShim, type HelmShim } from '../rig/helm-shim.ts';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
+import { argocdChart, ciliumChart } from '../rig/charts.ts';
+import { NODE_NAME, NOT_READY_ANNOTATION, START_AFTER_ANNOTATION } from '../rig/node-sim.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { kubeJson } from '../rig/kube-http.ts';
 import { parseSettings } from '../../src/settings/load.ts';
@@ -30,8 +33,9 @@ import { readReleaseHistory } from '../../src/adapters/helm-storage.ts';
 
 // HB_HELM=helm4 runs this suite against Helm 4 (helm4-steps.test.ts); Helm 3 otherwise.
 const HELM = helmUnderTest();
-const CILIUM_CHART = join(repoRoot, 'test', 'fixtures', 'charts', 'cilium');
-const ARGOCD_CHART = join(repoRoot, 'test', 'fixtures', 'charts', 'argo-cd');
+// One minor below the newest local chart, so that the repository test below has a one-minor upgrade to make.
+const CILIUM_CHART = ciliumChart('1.19.6');
+const ARGOCD_CHART = argocdChart();
 
 // ---------------------------------------------------------------------------------------------
 // Pure parts first: the readiness rules, without a cluster (planning: test/unit/helm-release.test.ts).
@@ -61,7 +65,6 @@ describe('readiness (pure)', () => {
 describe(`helm steps against a real apiserver (${HELM})`, () => {
   let cp: ControlPlane;
   let work: string;
-  let argocdTgz: string;
   let repoServer: Server | undefined;
   let shim: HelmShim;
   const logLines: string[] = [];
@@ -91,7 +94,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
       network: { lbPool: { start: '192.168.0.240', stop: '192.168.0.250' }, ingressIP: '192.168.0.240' },
       gitops: { repoURL: 'https://github.com/example/homelab.git' },
       cilium: { chart: { path: CILIUM_CHART }, waitForReady: false },
-      argocd: { chart: { path: argocdTgz } },
+      argocd: { chart: { path: ARGOCD_CHART } },
       ...over,
     });
   }
@@ -136,7 +139,8 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
 
   before(async () => {
     binPath(HELM); // a missing binary fails here with the build command, never a skip
-    cp = await startControlPlane();
+    // Controllers and a kwok node: Pods run and turn Ready, and argo-cd's pre-install hook Job completes.
+    cp = await startControlPlane({ controllers: true });
     work = mkdtempSync(join(tmpdir(), 'hb-helm-'));
     // The daemon finds helm on PATH (the recording shim of the helm under test first) and keeps
     // its files under $STATE_DIRECTORY/helm.
@@ -144,10 +148,6 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     process.env.PATH = `${shim.dir}:${binDir()}:${process.env.PATH ?? ''}`;
     process.env.STATE_DIRECTORY = join(work, 'state');
     delete process.env.HELM_BIN;
-    // The argo-cd chart as the Nix package ships charts: a local .tgz.
-    execFileSync(binPath(HELM), ['package', ARGOCD_CHART, '--destination', join(work, 'charts')], { env: helmEnv() });
-    argocdTgz = join(work, 'charts', 'argo-cd-10.1.1.tgz');
-    assert.ok(existsSync(argocdTgz));
   });
 
   after(async () => {
@@ -156,7 +156,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     if (work) rmSync(work, { recursive: true, force: true });
   });
 
-  it('cold install: both releases from the fixture charts, values reach the apiserver', async () => {
+  it('cold install: both releases from the real charts, values reach the apiserver', async () => {
     const s = settings();
     const plan = await run(ciliumStep, s, { planOnly: true });
     assert.deepEqual(plan.changes.map((c) => [c.action, c.target]), [['create', 'HelmRelease kube-system/cilium']]);
@@ -176,13 +176,14 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
 
     const cm = await get('/api/v1/namespaces/kube-system/configmaps/cilium-config');
     assert.equal(cm.data['kube-proxy-replacement'], 'true');
-    assert.equal(cm.data['k8s-service-host'], '127.0.0.1');
-    assert.equal(cm.data['k8s-service-port'], '6444');
     assert.equal(cm.data.ipam, 'kubernetes');
-    assert.equal(cm.data['cni-bin-path'], '/var/lib/rancher/k3s/data/cni');
     const operator = await get('/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator');
     assert.equal(operator.spec.replicas, 1);
-    assert.ok(await get('/apis/apps/v1/namespaces/kube-system/daemonsets/cilium'));
+    const agent = (await get('/apis/apps/v1/namespaces/kube-system/daemonsets/cilium')).spec.template.spec;
+    const env = Object.fromEntries(agent.containers.find((c: any) => c.name === 'cilium-agent').env.map((e: any) => [e.name, e.value]));
+    assert.equal(env.KUBERNETES_SERVICE_HOST, '127.0.0.1');
+    assert.equal(env.KUBERNETES_SERVICE_PORT, '6444');
+    assert.ok(agent.volumes.some((v: any) => v.hostPath?.path === '/var/lib/rancher/k3s/data/cni'), 'k3s CNI bin path mounted');
     const ingressSvc = await get('/api/v1/namespaces/kube-system/services/cilium-ingress');
     assert.equal(ingressSvc.metadata.annotations['lbipam.cilium.io/ips'], '192.168.0.240');
 
@@ -229,7 +230,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     const counts = await countRequests(cp, { since: mark });
     assert.deepEqual(writes(cilium.changes), []);
     assert.deepEqual(writes(argocd.changes), []);
-    assert.match(cilium.changes[0]!.detail ?? '', /cilium-1\.18\.4 deployed with the desired values \(revision 1\)/);
+    assert.match(cilium.changes[0]!.detail ?? '', /cilium-1\.19\.6 deployed with the desired values \(revision 1\)/);
     assert.deepEqual([cilium.spawned, argocd.spawned], [[], []], 'no-op: no helm process at all');
     assert.deepEqual(cilium.calls, {});
     assert.equal(counts.writes, 0, `writes: ${JSON.stringify(counts.byResource)}`);
@@ -289,52 +290,70 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     assert.deepEqual(writes((await run(argocdStep, s)).changes), []);
   });
 
-  it('readiness wait: not ready ends in a bounded, clear error', async () => {
-    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values: { hubble: { relay: { enabled: false } } } } });
-    const step = createCiliumStep({ rolloutTimeoutMs: 1500, pollMs: 100 });
+  /** The Pods of the agent DaemonSet on the simulated node, with their Ready condition. */
+  const agentPods = async () =>
+    ((await get(`/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dcilium&fieldSelector=spec.nodeName%3D${NODE_NAME}`)).items as any[]).map((p) => ({
+      name: p.metadata.name as string,
+      deleting: Boolean(p.metadata.deletionTimestamp),
+      annotated: p.metadata.annotations?.[NOT_READY_ANNOTATION] === 'true',
+      ready: (p.status?.conditions ?? []).some((c: any) => c.type === 'Ready' && c.status === 'True'),
+    }));
+
+  it('readiness wait: Pods that never turn Ready end in a bounded error naming each workload', async () => {
+    // The agent's new Pod runs on the kwok node but never passes its readiness probe (a crash loop,
+    // on purpose); the operator's new Pod selects a node that does not exist and is never scheduled.
+    const values = {
+      hubble: { relay: { enabled: false } },
+      podAnnotations: { [NOT_READY_ANNOTATION]: 'true' },
+      operator: { nodeSelector: { 'kubernetes.io/os': 'windows' } },
+    };
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values } });
+    const step = createCiliumStep({ rolloutTimeoutMs: 8000, pollMs: 200 });
     const ctx = context(s);
     const want = step.want(s, {});
     const have = await step.have(ctx, want);
     const changes = step.changes(want, have);
-    assert.deepEqual(changes.map((c) => [c.action, c.target]), [['wait', 'DaemonSet kube-system/cilium'], ['wait', 'Deployment kube-system/cilium-operator']]);
+    assert.deepEqual(changes.map((c) => [c.action, c.target]), [['update', 'HelmRelease kube-system/cilium'], ['wait', 'DaemonSet kube-system/cilium'], ['wait', 'Deployment kube-system/cilium-operator']]);
     const started = Date.now();
     await assert.rejects(step.change(ctx, changes, want, have), (err: Error) => {
       assert.ok(err instanceof RolloutTimeoutError, String(err));
-      assert.match(err.message, /^cilium not ready after 1\.5 s: DaemonSet kube-system\/cilium: controller has not seen generation \d+ yet; Deployment kube-system\/cilium-operator: controller has not seen generation \d+ yet$/);
+      assert.match(err.message, /^cilium not ready after 8 s: DaemonSet kube-system\/cilium: 0 of 1 available; Deployment kube-system\/cilium-operator: 0 of 1 available$/);
       return true;
     });
-    assert.ok(Date.now() - started < 5000, 'bounded');
+    // The helm upgrade, then at most the bound and one poll.
+    assert.ok(Date.now() - started < 60_000, 'bounded');
     assert.ok(isTransient(new RolloutTimeoutError('x')), 'the engine may retry it: image pulls clear by themselves');
     assert.ok(progress.some((p) => p.startsWith('waiting for cilium')), 'progress reported');
+    const pods = (await agentPods()).filter((p) => !p.deleting);
+    assert.deepEqual(pods.map((p) => [p.annotated, p.ready]), [[true, false]], 'the controllers replaced the agent Pod with one that kwok keeps not Ready');
+    const operatorPods = (await get('/api/v1/namespaces/kube-system/pods?labelSelector=name%3Dcilium-operator')).items.filter((p: any) => !p.metadata.deletionTimestamp);
+    assert.deepEqual(operatorPods.map((p: any) => [p.status.phase, p.spec.nodeName]), [['Pending', undefined]], 'the new operator Pod found no node');
   });
 
-  it('readiness wait: the step finishes once the DaemonSet and Deployment report ready', async () => {
-    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values: { hubble: { relay: { enabled: false } } } } });
-    const step = createCiliumStep({ rolloutTimeoutMs: 20_000, pollMs: 100 });
+  it('readiness wait: ends once the controllers have rolled out Pods that kwok reports Ready', async () => {
+    // The new agent Pod takes 8 s to start: longer than the helm upgrade, so the wait sees it not Ready first.
+    const values = { hubble: { relay: { enabled: false } }, podAnnotations: { [START_AFTER_ANNOTATION]: '8s' } };
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values } });
+    const step = createCiliumStep({ rolloutTimeoutMs: 60_000, pollMs: 200 });
     const ctx = context(s);
     const want = step.want(s, {});
     const have = await step.have(ctx, want);
     const changes = step.changes(want, have);
-    const done = step.change(ctx, changes, want, have);
+    assert.deepEqual(changes.map((c) => [c.action, c.target]), [['update', 'HelmRelease kube-system/cilium'], ['wait', 'DaemonSet kube-system/cilium'], ['wait', 'Deployment kube-system/cilium-operator']]);
     const before = logLines.length;
-    await new Promise((r) => setTimeout(r, 500));
-
-    // Play the DaemonSet and Deployment controllers: no controller-manager runs in the rig.
-    const ds = await get('/apis/apps/v1/namespaces/kube-system/daemonsets/cilium');
-    await kubeJson(cp.rig, 'PATCH', '/apis/apps/v1/namespaces/kube-system/daemonsets/cilium/status', {
-      contentType: 'application/merge-patch+json',
-      body: { status: { observedGeneration: ds.metadata.generation, currentNumberScheduled: 1, desiredNumberScheduled: 1, numberMisscheduled: 0, numberReady: 1, updatedNumberScheduled: 1, numberAvailable: 1 } },
-    });
-    const dep = await get('/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator');
-    await kubeJson(cp.rig, 'PATCH', '/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator/status', {
-      contentType: 'application/merge-patch+json',
-      body: { status: { observedGeneration: dep.metadata.generation, replicas: 1, updatedReplicas: 1, readyReplicas: 1, availableReplicas: 1 } },
-    });
-    await done;
-    assert.ok(logLines.slice(before).some((l) => l.includes('cilium is ready')), 'the finish is logged');
+    const seen = progress.length;
+    await step.change(ctx, changes, want, have);
+    // It did wait: the agent was not ready at first (the new Pod had to be made, scheduled and started).
+    assert.ok(progress.slice(seen).some((p) => /waiting for cilium .*DaemonSet kube-system\/cilium: (?!ready)/.test(p)), progress.slice(seen).join('\n'));
+    const done = logLines.slice(before).map((l) => JSON.parse(l)).find((l) => l.event === 'rollout' && typeof l.waitedMs === 'number');
+    assert.ok(done, 'the end of the wait is logged');
+    assert.match(done.msg, /^cilium is ready: DaemonSet kube-system\/cilium: ready \(1 of 1\); Deployment kube-system\/cilium-operator: ready \(1 of 1\)$/);
+    const pods = (await agentPods()).filter((p) => !p.deleting);
+    assert.deepEqual(pods.map((p) => [p.annotated, p.ready]), [[false, true]], 'a Ready agent Pod without the annotation');
 
     // Ready and unchanged: nothing left to do, not even a wait.
     assert.deepEqual(writes((await run(step, s)).changes), []);
+    assert.deepEqual((await run(step, s)).changes.filter((c) => c.action === 'wait'), []);
   });
 
   it('adapter: the given values replace the stored ones, even an empty set (--reset-values)', async () => {
@@ -342,22 +361,25 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     const { helm: h, kube } = context(s).adapters;
     // What helm stored, read as the daemon reads it (Helm's release Secrets) and as helm reports it.
     const latest = async () => (await readReleaseHistory(kube, 'probe', 'hb-probe'))[0]?.decode();
-    const spec = { name: 'probe', namespace: 'hb-probe', chart: { path: CILIUM_CHART }, values: { operator: { replicas: 3 } } as Record<string, unknown> };
-    await h.upgradeInstall(spec, { timeoutMs: 60_000 });
-    assert.deepEqual((await latest())?.values, { operator: { replicas: 3 } });
-    assert.deepEqual(deployedValues('probe', 'hb-probe'), { operator: { replicas: 3 } });
-    await h.upgradeInstall({ ...spec, values: {} }, { timeoutMs: 60_000 });
-    assert.deepEqual((await latest())?.values, {}, 'helm would reuse the old values without --reset-values');
-    assert.deepEqual(deployedValues('probe', 'hb-probe') ?? {}, {});
-    assert.deepEqual([(await latest())?.revision, (await latest())?.status, (await latest())?.chart], [2, 'deployed', { name: 'cilium', version: '1.18.4' }]);
-    await h.uninstall('probe', 'hb-probe', { timeoutMs: 60_000 });
+    // A second argo-cd beside the first: its objects are named after the release; the CRDs stay with the first.
+    const base = { crds: { install: false } };
+    const spec = { name: 'probe', namespace: 'hb-probe', chart: { path: ARGOCD_CHART }, values: { ...base, server: { replicas: 3 } } as Record<string, unknown> };
+    await h.upgradeInstall(spec, { timeoutMs: 120_000 });
+    assert.deepEqual((await latest())?.values, { ...base, server: { replicas: 3 } });
+    assert.deepEqual(deployedValues('probe', 'hb-probe'), { ...base, server: { replicas: 3 } });
+    await h.upgradeInstall({ ...spec, values: base }, { timeoutMs: 120_000 });
+    assert.deepEqual((await latest())?.values, base, 'helm would reuse the old values without --reset-values');
+    assert.deepEqual(deployedValues('probe', 'hb-probe'), base);
+    assert.deepEqual([(await latest())?.revision, (await latest())?.status, (await latest())?.chart], [2, 'deployed', { name: 'argo-cd', version: '10.1.1' }]);
+    await h.uninstall('probe', 'hb-probe', { timeoutMs: 120_000 });
     assert.equal(await latest(), undefined);
   });
 
   it('a chart from a Helm repository (--repo, pinned version) upgrades when the version changes', async () => {
-    // A local chart repository: the fixture packaged as 1.18.5 plus its index.
+    // A local chart repository holding the next minor's real chart, plus its index.
     const repoDir = join(work, 'repo');
-    execFileSync(binPath(HELM), ['package', CILIUM_CHART, '--version', '1.18.5', '--destination', repoDir], { env: helmEnv() });
+    mkdirSync(repoDir, { recursive: true });
+    copyFileSync(ciliumChart('1.20.0'), join(repoDir, 'cilium-1.20.0.tgz'));
     repoServer = createServer((req, res) => {
       const file = join(repoDir, (req.url ?? '/').split('?')[0]!.replace(/^\/+/, ''));
       if (!file.startsWith(repoDir) || !existsSync(file)) return void res.writeHead(404).end();
@@ -370,13 +392,14 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     execFileSync(binPath(HELM), ['repo', 'index', repoDir, '--url', url], { env: helmEnv() });
 
     const s = settings({
-      cilium: { chart: { repo: url, chart: 'cilium', version: '1.18.5' }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } },
+      // The deployed values, so that only the chart differs.
+      cilium: { chart: { repo: url, chart: 'cilium', version: '1.20.0' }, waitForReady: false, values: deployedValues('cilium', 'kube-system') as Record<string, unknown> },
     });
     const plan = await run(ciliumStep, s, { planOnly: true });
-    assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.chart', from: 'cilium-1.18.4', to: 'cilium-1.18.5' }]);
+    assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.chart', from: 'cilium-1.19.6', to: 'cilium-1.20.0' }]);
     assert.deepEqual(plan.spawned, [], 'planning a repository chart starts no helm either');
     await run(ciliumStep, s);
-    assert.equal(history('cilium', 'kube-system').at(-1)!.chart, 'cilium-1.18.5');
+    assert.equal(history('cilium', 'kube-system').at(-1)!.chart, 'cilium-1.20.0');
     assert.deepEqual(writes((await run(ciliumStep, s)).changes), []);
   });
 });

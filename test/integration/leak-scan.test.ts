@@ -134,7 +134,8 @@ function assertClean(what: string, text: string): void {
 
 before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'hb-leak-'));
-  cp = await startControlPlane();
+  // Controllers and a kwok node: the demo settings wait for Cilium's Pods, and argo-cd's hook Job must complete.
+  cp = await startControlPlane({ controllers: true });
   const token = randomBytes(24).toString('hex');
   const accountId = randomBytes(16).toString('hex');
   emu = await CloudflareEmulator.start({ token, accountId, zones: ['peterstorm.io'] });
@@ -155,7 +156,7 @@ before(async () => {
   const tokenFile = join(dir, 'cloudflare-token');
   writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
   config = join(dir, 'homelab.json');
-  writeFileSync(config, JSON.stringify(demoSettings({ dir, kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId }), null, 2));
+  writeFileSync(config, JSON.stringify(demoSettings({ kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId }), null, 2));
   stateDir = join(dir, 'state');
 
   // debug: the most the daemon ever logs (helm argv, every request). No secret in this env.
@@ -256,7 +257,8 @@ test('no Kubernetes Event, ConfigMap or stored helm value holds a secret', async
   // The values helm keeps in its release Secrets, as helm itself shows them.
   const rigKubeconfig = join(cp.dir, 'rig-kubeconfig');
   for (const [name, ns] of [['cilium', 'kube-system'], ['argocd', 'argocd']] as const) {
-    const values = execFileSync(binPath('helm'), ['get', 'all', name, '--namespace', ns, '--kubeconfig', rigKubeconfig], { encoding: 'utf8', env: { PATH: process.env.PATH, HOME: dir } });
+    // The real argo-cd release renders megabytes (its CRDs): more than execFileSync's default buffer.
+    const values = execFileSync(binPath('helm'), ['get', 'all', name, '--namespace', ns, '--kubeconfig', rigKubeconfig], { encoding: 'utf8', env: { PATH: process.env.PATH, HOME: dir }, maxBuffer: 64 * 1024 * 1024 });
     assert.ok(values.length > 0);
     assertClean(`helm release ${ns}/${name} (values and manifest)`, values);
   }

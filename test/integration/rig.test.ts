@@ -13,6 +13,7 @@ import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { CILIUM_CRDS, installCrds, isEstablished, playCiliumOperator, sharedCrdsDir, waitEstablished } from '../rig/crds.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { endpointFromKubeconfig, kubeJson, kubeRequest } from '../rig/kube-http.ts';
+import { NODE_LABELS, NODE_NAME, NOT_READY_ANNOTATION } from '../rig/node-sim.ts';
 
 // A killed process whose new parent has not reaped it yet is a zombie: dead, though kill(0) works.
 function alive(pid: number): boolean {
@@ -196,5 +197,119 @@ describe('a control plane does not outlive its test process', () => {
     const { pids, dir } = await orphanCheck('throw');
     await until('etcd and kube-apiserver are gone', () => pids.every((p) => !alive(p)));
     assert.equal(existsSync(dir), false);
+  });
+});
+
+describe('control plane with controllers and a kwok node', () => {
+  let cp: ControlPlane;
+  let bare: number | undefined;
+  type Pod = { metadata: { name: string; deletionTimestamp?: string }; spec: { nodeName?: string }; status?: { phase?: string; conditions?: { type: string; status: string }[] } };
+  const get = async <T = any>(path: string) => (await kubeJson<T>(cp.rig, 'GET', path, { allow: [404] })).json;
+  const create = (path: string, body: object) => kubeJson(cp.rig, 'POST', path, { body });
+  const pods = async (ns: string, selector: string) =>
+    ((await get<{ items: Pod[] }>(`/api/v1/namespaces/${ns}/pods?labelSelector=${encodeURIComponent(selector)}`))?.items ?? []).filter((p) => !p.metadata.deletionTimestamp);
+  const ready = (p: Pod) => p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true;
+  async function eventually(what: string, check: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!(await check())) {
+      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  const podSpec = (extra: object = {}) => ({ containers: [{ name: 'main', image: 'registry.k8s.io/pause:3.10' }], ...extra });
+
+  before(async () => {
+    cp = await startControlPlane({ controllers: true });
+  });
+  after(async () => {
+    await cp?.stop();
+  });
+
+  it('starts the controllers and a Ready node with the labels k3s gives a server', async (t) => {
+    t.diagnostic(`ready in ${cp.readyMs} ms, of which controllers and node ${cp.controllersMs} ms`);
+    bare = cp.readyMs - cp.controllersMs;
+    assert.ok(cp.controllersMs > 0);
+    const node = await get(`/api/v1/nodes/${NODE_NAME}`);
+    assert.equal(node.status.conditions.find((c: any) => c.type === 'Ready').status, 'True');
+    for (const [k, v] of Object.entries(NODE_LABELS)) assert.equal(node.metadata.labels[k], v, k);
+    assert.deepEqual(node.spec.taints ?? [], [], 'no taint: charts without tolerations schedule too');
+  });
+
+  it('a Deployment makes a ReplicaSet, whose Pods are scheduled on the node and turn Ready; the Deployment reports available', async () => {
+    await create('/apis/apps/v1/namespaces/default/deployments', {
+      metadata: { name: 'web' },
+      spec: { replicas: 2, selector: { matchLabels: { app: 'web' } }, template: { metadata: { labels: { app: 'web' } }, spec: podSpec({ initContainers: [{ name: 'init', image: 'busybox:1.37' }] }) } },
+    });
+    await eventually('web has 2 available replicas', async () => (await get('/apis/apps/v1/namespaces/default/deployments/web')).status?.availableReplicas === 2);
+    const rs = await get<{ items: unknown[] }>('/apis/apps/v1/namespaces/default/replicasets?labelSelector=app%3Dweb');
+    assert.equal(rs?.items.length, 1);
+    const ps = await pods('default', 'app=web');
+    assert.equal(ps.length, 2);
+    for (const p of ps) {
+      assert.equal(p.spec.nodeName, NODE_NAME);
+      assert.equal(p.status?.phase, 'Running');
+      assert.ok(ready(p));
+    }
+  });
+
+  it('a hostNetwork DaemonSet selecting linux nodes (as Cilium’s agent) runs one Ready Pod on the node', async () => {
+    await create('/apis/apps/v1/namespaces/kube-system/daemonsets', {
+      metadata: { name: 'agent' },
+      spec: {
+        selector: { matchLabels: { app: 'agent' } },
+        template: { metadata: { labels: { app: 'agent' } }, spec: podSpec({ hostNetwork: true, nodeSelector: { 'kubernetes.io/os': 'linux' }, tolerations: [{ operator: 'Exists' }] }) },
+      },
+    });
+    await eventually('agent is available', async () => (await get('/apis/apps/v1/namespaces/kube-system/daemonsets/agent')).status?.numberAvailable === 1);
+    const [p] = await pods('kube-system', 'app=agent');
+    assert.equal(p?.spec.nodeName, NODE_NAME);
+    assert.ok(p && ready(p));
+  });
+
+  it('a Job’s Pod runs to completion and the Job completes (what helm waits for on a hook)', async () => {
+    await create('/apis/batch/v1/namespaces/default/jobs', { metadata: { name: 'once' }, spec: { template: { spec: podSpec({ restartPolicy: 'Never' }) } } });
+    await eventually('the Job completes', async () => ((await get('/apis/batch/v1/namespaces/default/jobs/once')).status?.succeeded ?? 0) === 1);
+  });
+
+  it('a Pod marked not-ready runs but never turns Ready; one whose nodeSelector matches no node stays Pending', async () => {
+    await create('/api/v1/namespaces/default/pods', { metadata: { name: 'sick', annotations: { [NOT_READY_ANNOTATION]: 'true' } }, spec: podSpec() });
+    await create('/api/v1/namespaces/default/pods', { metadata: { name: 'homeless' }, spec: podSpec({ nodeSelector: { 'kubernetes.io/os': 'windows' } }) });
+    await eventually('sick runs', async () => (await get<Pod>('/api/v1/namespaces/default/pods/sick'))?.status?.phase === 'Running');
+    await new Promise((r) => setTimeout(r, 1500));
+    const sick = (await get<Pod>('/api/v1/namespaces/default/pods/sick'))!;
+    assert.equal(ready(sick), false);
+    const homeless = (await get<Pod>('/api/v1/namespaces/default/pods/homeless'))!;
+    assert.equal(homeless.status?.phase, 'Pending');
+    assert.equal(homeless.spec.nodeName, undefined);
+    assert.ok(homeless.status?.conditions?.some((c) => c.type === 'PodScheduled' && c.status === 'False'), 'the scheduler found no node');
+  });
+
+  it('garbage collection: deleting a Deployment removes its ReplicaSet and Pods', async () => {
+    await kubeJson(cp.rig, 'DELETE', '/apis/apps/v1/namespaces/default/deployments/web');
+    await eventually('web’s Pods and ReplicaSet are gone', async () => {
+      const rs = await get<{ items: unknown[] }>('/apis/apps/v1/namespaces/default/replicasets?labelSelector=app%3Dweb');
+      return rs?.items.length === 0 && (await pods('default', 'app=web')).length === 0;
+    });
+  });
+
+  it('deleting a namespace deletes what is in it, then the namespace itself', async () => {
+    await create('/api/v1/namespaces', { metadata: { name: 'doomed' } });
+    await create('/apis/apps/v1/namespaces/doomed/deployments', {
+      metadata: { name: 'app' },
+      spec: { replicas: 1, selector: { matchLabels: { app: 'x' } }, template: { metadata: { labels: { app: 'x' } }, spec: podSpec() } },
+    });
+    await create('/api/v1/namespaces/doomed/configmaps', { metadata: { name: 'c' }, data: { a: '1' } });
+    await eventually('the Pod runs', async () => (await pods('doomed', 'app=x')).some(ready));
+    await kubeJson(cp.rig, 'DELETE', '/api/v1/namespaces/doomed');
+    await eventually('the namespace is gone', async () => (await kubeJson(cp.rig, 'GET', '/api/v1/namespaces/doomed', { allow: [404] })).status === 404);
+  });
+
+  it('stop() ends every process', async (t) => {
+    t.diagnostic(`start-up without controllers would have been about ${bare} ms`);
+    const pids = Object.values(cp.pids);
+    assert.equal(pids.length, 5);
+    assert.ok(pids.every(alive));
+    await cp.stop();
+    for (const p of pids) assert.equal(alive(p), false, `pid ${p} still running`);
   });
 });

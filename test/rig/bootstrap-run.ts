@@ -1,15 +1,17 @@
-// A whole bootstrap "site" for tests that run the real CLI as a child process: a control plane,
-// the Cloudflare emulator, the demo settings pointed at them, and what it takes to start, watch
-// and SIGKILL `homelab-bootstrap apply`, then compare what it left with another site's end state.
+// A whole bootstrap "site" for tests that run the real CLI as a child process: a control plane
+// with controllers and a simulated node, the Cloudflare emulator, the demo settings (real
+// charts) pointed at them, and what it takes to start, watch and SIGKILL `homelab-bootstrap
+// apply`, then compare what it left with another site's end state.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { binDir, binPath, repoRoot } from './binaries.ts';
 import { startControlPlane, type ControlPlane, type ControlPlaneOptions } from './control-plane.ts';
 import { CloudflareEmulator } from './cloudflare-emulator.ts';
-import { installCrds, sharedCrdsDir } from './crds.ts';
+import { argocdChart, ciliumChart } from './charts.ts';
+import { installCrds, playCiliumOperator, sharedCrdsDir, type OperatorPlay } from './crds.ts';
 import { kubeJson } from './kube-http.ts';
 import { removeOnExit } from './processes.ts';
 import { bootId, parseHolder } from '../../src/engine/lease.ts';
@@ -27,46 +29,50 @@ export interface Site {
   settings: Record<string, any>;
   /** Environment of the CLI: helm from .bin, nothing secret. */
   env: NodeJS.ProcessEnv;
+  /** The stand-in cilium-operator, when the site started without the Cilium CRDs. */
+  operator?: OperatorPlay;
   stop(): Promise<void>;
 }
 
-/** The argo-cd fixture chart with Argo CD's real CRDs in crds/, as the real chart ships them. */
-export function argoChartWithCrds(dir: string): string {
-  const chart = join(dir, 'argo-cd');
-  cpSync(join(repoRoot, 'test', 'fixtures', 'charts', 'argo-cd'), chart, { recursive: true });
-  mkdirSync(join(chart, 'crds'), { recursive: true });
-  cpSync(join(sharedCrdsDir, 'argocd'), join(chart, 'crds'), { recursive: true });
-  return chart;
-}
+/** How long after cilium-operator's Pod turns Ready the rig registers the Cilium CRDs, as the real operator does once it runs. */
+export const OPERATOR_CRD_DELAY_MS = 2000;
 
-/** Settings of examples/homelab.json pointed at the local rig. */
-export function demoSettings(opts: { dir: string; kubeconfig: string; ageKeyFile: string; tokenFile: string; apiBaseUrl: string; accountId: string }): Record<string, any> {
+/** Settings of examples/homelab.json pointed at the local rig, with the real pinned charts. */
+export function demoSettings(opts: { kubeconfig: string; ageKeyFile: string; tokenFile: string; apiBaseUrl: string; accountId: string }): Record<string, any> {
   const s = JSON.parse(readFileSync(join(repoRoot, 'examples', 'homelab.json'), 'utf8')) as Record<string, any>;
   s.kubeconfigFile = opts.kubeconfig;
   s.sops = { ageKeyFile: opts.ageKeyFile };
-  s.cilium = { chart: { path: join(repoRoot, 'test', 'fixtures', 'charts', 'cilium') }, waitForReady: false };
-  s.argocd = { chart: { path: argoChartWithCrds(opts.dir) } };
+  // The charts the daemon pins, as Nix ships them (a local .tgz); the readiness wait is on, as on a real node.
+  s.cilium = { chart: { path: ciliumChart() }, waitForReady: true };
+  s.argocd = { chart: { path: argocdChart() } };
   s.cloudflare = { ...s.cloudflare, accountId: opts.accountId, apiTokenFile: opts.tokenFile, apiBaseUrl: opts.apiBaseUrl };
   return s;
 }
 
 /**
- * Starts a control plane (with the Cilium CRDs already registered, so no run waits for the
- * stand-in operator) and an emulator, and writes the demo settings for them.
+ * Starts a control plane with controllers and a kwok node, and an emulator, and writes the demo
+ * settings for them. The Cilium CRDs are registered up front (`ciliumCrds`, the default, so no
+ * run waits for them), or else by the stand-in cilium-operator once the chart's operator Pod
+ * runs, as on a cold cluster.
  */
 export async function startSite(opts: { ciliumCrds?: boolean; controlPlane?: ControlPlaneOptions; mutate?: (s: Record<string, any>) => void } = {}): Promise<Site> {
   const dir = mkdtempSync(join(tmpdir(), 'hb-site-'));
   const forgetDir = removeOnExit(dir);
-  const [cp, emu] = await Promise.all([startControlPlane({ log: () => {}, ...opts.controlPlane }), CloudflareEmulator.start({ token: CF_TOKEN, accountId: CF_ACCOUNT, zones: [ZONE] })]);
+  const [cp, emu] = await Promise.all([
+    startControlPlane({ log: () => {}, controllers: true, ...opts.controlPlane }),
+    CloudflareEmulator.start({ token: CF_TOKEN, accountId: CF_ACCOUNT, zones: [ZONE] }),
+  ]);
+  let operator: OperatorPlay | undefined;
   try {
     if (opts.ciliumCrds ?? true) await installCrds(cp, join(sharedCrdsDir, 'cilium'));
+    else operator = playCiliumOperator(cp, OPERATOR_CRD_DELAY_MS, { whenRunning: true });
     // One age key for every site, so two sites' Secrets compare equal; 0600 as a real one.
     const ageKeyFile = join(dir, 'keys.txt');
     copyFileSync(join(repoRoot, 'test', 'fixtures', 'age', 'test-key.txt'), ageKeyFile);
     chmodSync(ageKeyFile, 0o600);
     const tokenFile = join(dir, 'cloudflare-token');
     writeFileSync(tokenFile, `${CF_TOKEN}\n`, { mode: 0o600 });
-    const settings = demoSettings({ dir, kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId: CF_ACCOUNT });
+    const settings = demoSettings({ kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile, apiBaseUrl: emu.baseUrl, accountId: CF_ACCOUNT });
     opts.mutate?.(settings);
     const config = join(dir, 'homelab.json');
     writeFileSync(config, JSON.stringify(settings, null, 2));
@@ -78,7 +84,9 @@ export async function startSite(opts: { ciliumCrds?: boolean; controlPlane?: Con
       config,
       settings,
       env,
+      operator,
       async stop() {
+        operator?.cancel();
         killRuns(dir);
         try {
           await emu.stop(); // throws on schema violations, after stopping
@@ -90,6 +98,7 @@ export async function startSite(opts: { ciliumCrds?: boolean; controlPlane?: Con
       },
     };
   } catch (e) {
+    operator?.cancel();
     await emu.stop().catch(() => {});
     await cp.stop();
     throw e;
@@ -327,8 +336,12 @@ interface ApiResource {
 type Obj = { apiVersion?: string; kind?: string; metadata: Record<string, any>; [k: string]: any };
 
 const WATCHED_NAMESPACES = ['kube-system', 'argocd', 'cloudflared'];
-// Made and renewed by the apiserver itself, or by the rig: not the daemon's doing.
-const SKIP_RESOURCES = new Set(['events', 'leases', 'endpoints', 'endpointslices']);
+// Made and renewed by the apiserver itself, or by the rig: not the daemon's doing. Pods and what
+// controllers make from a workload (ReplicaSets, ControllerRevisions) carry random names, and a
+// hook Job a uid in its selector: they differ between two equal runs.
+const SKIP_RESOURCES = new Set(['events', 'leases', 'endpoints', 'endpointslices', 'pods', 'replicasets', 'controllerrevisions', 'jobs']);
+// Set by the workload controllers and counted per rollout: a recovered run may count one more.
+const CONTROLLER_ANNOTATIONS = ['deployment.kubernetes.io/revision', 'deprecated.daemonset.template.generation'];
 
 /** A list, retried while the apiserver answers 429/503 (a CRD's storage initialising just after it became Established). */
 async function listItems(cp: ControlPlane, path: string): Promise<Obj[]> {
@@ -365,6 +378,15 @@ function normalise(o: Obj, tunnelIds: string[]): Obj {
   const { uid: _u, resourceVersion: _rv, creationTimestamp: _ct, managedFields: _mf, generation: _g, ...meta } = o.metadata;
   const copy: Obj = { ...o, metadata: meta };
   delete copy.status;
+  // The Cilium chart generates its TLS material (Hubble, its CA) afresh on every render, and marks those Secrets so.
+  if (copy.kind === 'Secret' && (meta.labels as Record<string, string> | undefined)?.['cilium.io/helm-template-non-idempotent'] === 'true' && copy.data) {
+    copy.data = Object.fromEntries(Object.entries(copy.data as Record<string, string>).map(([k, v]) => [k, /\.(crt|key)$/.test(k) ? '<generated by the chart>' : v]));
+  }
+  if (meta.annotations) {
+    const annotations = { ...(meta.annotations as Record<string, string>) };
+    for (const a of CONTROLLER_ANNOTATIONS) delete annotations[a];
+    meta.annotations = annotations;
+  }
   if (copy.kind === 'Service' && copy.spec) {
     const { clusterIP: _c, clusterIPs: _cs, ...spec } = copy.spec as Record<string, unknown>;
     // Allocated at random by the apiserver.

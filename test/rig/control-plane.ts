@@ -1,6 +1,7 @@
-// A real etcd + kube-apiserver on loopback, the way controller-runtime's envtest runs one: no
-// controller-manager, no scheduler, no kubelet. What that leaves out: namespaces stay
-// Terminating forever, no ServiceAccount token is minted, no pod ever runs.
+// A real etcd + kube-apiserver on loopback, the way controller-runtime's envtest runs one. By
+// default nothing else: namespaces stay Terminating forever, no Pod is ever made. With
+// `controllers: true` the rig adds kube-controller-manager, kube-scheduler and a kwok node
+// (node-sim.ts): workloads then roll out on a simulated node as on a one-node k3s.
 import { generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -9,12 +10,15 @@ import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { binPath } from './binaries.ts';
 import { kubeRequest, type KubeEndpoint } from './kube-http.ts';
+import { startNodeSim } from './node-sim.ts';
 import { killTied, removeOnExit, spawnTied, type TiedProcess } from './processes.ts';
 
 export interface ControlPlaneOptions {
   /** RBAC like k3s (default); AlwaysAllow skips the RBAC bootstrap for a slightly faster start. */
   authorizationMode?: 'RBAC' | 'AlwaysAllow';
   extraApiserverArgs?: string[];
+  /** kube-controller-manager, kube-scheduler and a kwok node; off by default, it costs start-up time. */
+  controllers?: boolean;
   readyTimeoutMs?: number;
   /** Where the readiness time and failures are reported; defaults to stderr unless HB_RIG_QUIET is set. */
   log?: (line: string) => void;
@@ -34,13 +38,17 @@ export interface ControlPlane {
   /** A second admin identity for the rig's own requests, so they never show up in the test user's counts. */
   rig: KubeEndpoint;
   rigUser: string;
-  pids: { etcd: number; apiserver: number };
+  pids: { etcd: number; apiserver: number; controllerManager?: number; scheduler?: number; kwok?: number };
   readyMs: number;
+  /** Of readyMs, the part spent starting the controllers and the node (0 without them). */
+  controllersMs: number;
   stop(): Promise<void>;
 }
 
 export const TEST_USER = 'hb-test';
 export const RIG_USER = 'hb-rig';
+/** The identities of the simulated cluster's own components, each apart in the audit log. */
+const COMPONENT_USERS = { controllerManager: 'hb-kube-controller-manager', scheduler: 'hb-kube-scheduler', kwok: 'hb-kwok' } as const;
 
 const AUDIT_POLICY = {
   apiVersion: 'audit.k8s.io/v1',
@@ -80,7 +88,7 @@ async function startOnce(opts: ControlPlaneOptions, log: (line: string) => void)
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    // The apiserver first: killed etcd makes it spin on reconnects.
+    // Last started first (the controllers, then the apiserver): killed etcd makes the apiserver spin on reconnects.
     for (const p of procs.slice().reverse()) await killTied(p);
     if (!keepDir) rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
     forgetDir();
@@ -90,11 +98,9 @@ async function startOnce(opts: ControlPlaneOptions, log: (line: string) => void)
     const [etcdClient, etcdPeer, securePort] = await freePorts(3);
     const testToken = randomBytes(24).toString('hex');
     const rigToken = randomBytes(24).toString('hex');
-    writeFileSync(
-      join(dir, 'tokens.csv'),
-      `${testToken},${TEST_USER},${TEST_USER},"system:masters"\n${rigToken},${RIG_USER},${RIG_USER},"system:masters"\n`,
-      { mode: 0o600 },
-    );
+    const tokens = new Map<string, string>([[TEST_USER, testToken], [RIG_USER, rigToken]]);
+    for (const user of Object.values(COMPONENT_USERS)) tokens.set(user, randomBytes(24).toString('hex'));
+    writeFileSync(join(dir, 'tokens.csv'), [...tokens].map(([user, token]) => `${token},${user},${user},"system:masters"\n`).join(''), { mode: 0o600 });
     // EC keys: generating them is instant, unlike RSA, and the apiserver signs ES256 tokens fine.
     const sa = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
     writeFileSync(join(dir, 'sa.key'), sa.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
@@ -138,8 +144,10 @@ async function startOnce(opts: ControlPlaneOptions, log: (line: string) => void)
       `--audit-log-path=${auditLogPath}`,
       '--audit-log-format=json',
       '--audit-log-mode=blocking',
-      // Needs the token controller of kube-controller-manager, which the rig does not run.
-      '--disable-admission-plugins=ServiceAccount',
+      // ServiceAccount: needs the token controller of kube-controller-manager, which the rig does
+      // not run. TaintNodesByCondition: it taints a new node not-ready until the node lifecycle
+      // controller lifts it; that controller would also evict the Pods of a node without heartbeats.
+      '--disable-admission-plugins=ServiceAccount,TaintNodesByCondition',
       // Fewer bootstrap objects and goroutines on a small machine.
       '--enable-priority-and-fairness=false',
       // 127.0.0.1 is not a valid endpoint for the kubernetes Service; do not try to publish it.
@@ -173,8 +181,23 @@ async function startOnce(opts: ControlPlaneOptions, log: (line: string) => void)
     writeFileSync(kubeconfigPath, kubeconfig(server, rig.ca, TEST_USER, testToken), { mode: 0o600 });
     writeFileSync(join(dir, 'rig-kubeconfig'), kubeconfig(server, rig.ca, RIG_USER, rigToken), { mode: 0o600 });
 
+    let controllersMs = 0;
+    let sim: Awaited<ReturnType<typeof startNodeSim>> | undefined;
+    if (opts.controllers) {
+      const simStarted = performance.now();
+      const kubeconfigs = Object.fromEntries(
+        Object.entries(COMPONENT_USERS).map(([k, user]) => {
+          const path = join(dir, `${k}.kubeconfig`);
+          writeFileSync(path, kubeconfig(server, rig.ca, user, tokens.get(user)!), { mode: 0o600 });
+          return [k, path];
+        }),
+      ) as Record<keyof typeof COMPONENT_USERS, string>;
+      sim = await startNodeSim({ dir, rig, saKeyFile: join(dir, 'sa.key'), kubeconfigs, timeoutMs: opts.readyTimeoutMs ?? 60_000, track: (p) => procs.push(p) });
+      controllersMs = Math.round(performance.now() - simStarted);
+    }
+
     const readyMs = Math.round(performance.now() - started);
-    log(`rig: kube-apiserver ready at ${server} in ${readyMs} ms (etcd after ${etcdMs} ms; dir ${dir})`);
+    log(`rig: kube-apiserver ready at ${server} in ${readyMs} ms (etcd after ${etcdMs} ms${opts.controllers ? `; controllers and the kwok node took ${controllersMs} ms of it` : ''}; dir ${dir})`);
     return {
       dir,
       kubeconfigPath,
@@ -185,8 +208,9 @@ async function startOnce(opts: ControlPlaneOptions, log: (line: string) => void)
       auditLogPath,
       rig,
       rigUser: RIG_USER,
-      pids: { etcd: etcd.pid, apiserver: apiserver.pid },
+      pids: { etcd: etcd.pid, apiserver: apiserver.pid, ...sim?.pids },
       readyMs,
+      controllersMs,
       stop,
     };
   } catch (err) {

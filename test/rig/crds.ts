@@ -2,12 +2,12 @@
 // for cilium-operator, which registers its CRDs at runtime some time after the chart is installed.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { repoRoot } from './binaries.ts';
+import { sharedDir } from './charts.ts';
 import type { ControlPlane } from './control-plane.ts';
 import { endpointFromKubeconfig, kubeJson, type KubeEndpoint } from './kube-http.ts';
 
 /** The CRDs of Cilium, Argo CD and the Prometheus Operator, shared beside the repository. */
-export const sharedCrdsDir = resolve(repoRoot, '..', 'shared', 'crds');
+export const sharedCrdsDir = join(sharedDir, 'crds');
 export const CILIUM_CRDS = ['ciliumloadbalancerippools.cilium.io', 'ciliuml2announcementpolicies.cilium.io'] as const;
 
 /** A kubeconfig path (its user makes the requests), or a control plane (its rig user does). */
@@ -96,12 +96,32 @@ export interface OperatorPlay {
   cancel(): void;
 }
 
-/** Plays cilium-operator: after `delayMs`, applies the Cilium CRDs from the shared folder. */
-export function playCiliumOperator(target: CrdTarget, delayMs: number): OperatorPlay {
+/**
+ * Plays cilium-operator: applies the Cilium CRDs from the shared folder `delayMs` after the call,
+ * or, with `whenRunning`, `delayMs` after the chart's cilium-operator Deployment has a Ready Pod
+ * (needs a rig with controllers), as the real operator registers them once it runs.
+ */
+export function playCiliumOperator(target: CrdTarget, delayMs: number, opts: { whenRunning?: boolean } = {}): OperatorPlay {
+  const ep = endpointOf(target);
+  let cancelled = false;
   let cancel = () => {};
   const done = new Promise<string[]>((resolvePlay, reject) => {
-    const timer = setTimeout(() => installCrds(target, join(sharedCrdsDir, 'cilium')).then(resolvePlay, reject), delayMs);
+    let timer: NodeJS.Timeout | undefined;
+    const install = () => {
+      timer = setTimeout(() => (cancelled ? resolvePlay([]) : installCrds(target, join(sharedCrdsDir, 'cilium')).then(resolvePlay, reject)), delayMs);
+    };
+    const poll = async () => {
+      while (!cancelled) {
+        const dep = await kubeJson<{ status?: { availableReplicas?: number } }>(ep, 'GET', '/apis/apps/v1/namespaces/kube-system/deployments/cilium-operator', { allow: [404] }).catch(() => undefined);
+        if ((dep?.json?.status?.availableReplicas ?? 0) > 0) return install();
+        await new Promise((r) => setTimeout(r, 250));
+      }
+      resolvePlay([]);
+    };
+    if (opts.whenRunning) void poll();
+    else install();
     cancel = () => {
+      cancelled = true;
       clearTimeout(timer);
       resolvePlay([]);
     };
