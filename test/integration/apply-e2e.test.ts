@@ -101,7 +101,7 @@ test('one changed setting: plan shows the field diff and exits 2; apply writes e
 });
 
 test('a Helm value change shows as a values diff and makes exactly one new revision', async () => {
-  settings.cilium.values = { hubble: { relay: { enabled: false } } };
+  settings.cilium.values = { hubble: { relay: { enabled: false }, ui: { enabled: false } } };
   writeFileSync(config(), JSON.stringify(settings));
   const plan = await cli('plan', '--config', config());
   assert.equal(plan.code, 2);

@@ -134,9 +134,9 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
   });
 
   it('a changed value still upgrades (one helm process), then no-op again', async () => {
-    const s = cilium('1.18.4', { hubble: { relay: { enabled: false } } });
+    const s = cilium('1.18.4', { hubble: { relay: { enabled: false }, ui: { enabled: false } } });
     const changed = await run(ciliumStep, s);
-    assert.deepEqual(changed.changes[0]!.diff, [{ path: '$.values.hubble.relay.enabled', from: true, to: false }]);
+    assert.deepEqual(changed.changes[0]!.diff, [{ path: '$.values.hubble.relay.enabled', from: true, to: false }, { path: '$.values.hubble.ui.enabled', from: true, to: false }]);
     assert.deepEqual(changed.spawned, ['upgrade']);
     assert.equal(((await latest('cilium', 'kube-system')).values as any).hubble.relay.enabled, false);
     const again = await run(ciliumStep, s);
@@ -150,7 +150,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
       body: { spec: { replicas: 2 } },
     });
     const mark = logLines.length;
-    const s = cilium('1.18.4', { hubble: { relay: { enabled: false } }, operator: { prometheus: { enabled: false } } });
+    const s = cilium('1.18.4', { hubble: { relay: { enabled: false }, ui: { enabled: false } }, operator: { prometheus: { enabled: false } } });
     const up = await run(ciliumStep, s);
     assert.equal(up.changes[0]!.action, 'update');
     assert.equal((await latest('cilium', 'kube-system')).status, 'deployed');
@@ -165,11 +165,11 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
       assert.deepEqual(up.spawned, ['upgrade']);
     }
     // Back to the values the later tests start from.
-    assert.deepEqual((await run(ciliumStep, cilium('1.18.4', { hubble: { relay: { enabled: false } } }))).spawned.length > 0, true);
+    assert.deepEqual((await run(ciliumStep, cilium('1.18.4', { hubble: { relay: { enabled: false }, ui: { enabled: false } } }))).spawned.length > 0, true);
   });
 
   it('1.18.4 -> 1.20.0 is refused with the version to pin; what needs Cilium still runs; nothing is written', async () => {
-    const s = cilium('1.20.0', { hubble: { relay: { enabled: false } } });
+    const s = cilium('1.20.0', { hubble: { relay: { enabled: false }, ui: { enabled: false } } });
     const before = helmHistory('cilium', 'kube-system').length;
     const plan = await run(ciliumStep, s, { planOnly: true });
     assert.deepEqual(plan.changes.map((c) => [c.action, c.target]), [['conflict', 'HelmRelease kube-system/cilium']]);
@@ -200,14 +200,14 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
   });
 
   it('1.18.4 -> 1.19.6 upgrades; 1.19.6 -> 1.18.4 (an older minor) is refused', async () => {
-    const s = cilium('1.19.6', { hubble: { relay: { enabled: false } } });
+    const s = cilium('1.19.6', { hubble: { relay: { enabled: false }, ui: { enabled: false } } });
     const up = await run(ciliumStep, s);
     assert.deepEqual(up.changes[0]!.diff?.find((d) => d.path === '$.chart'), { path: '$.chart', from: 'cilium-1.18.4', to: 'cilium-1.19.6' });
     assert.deepEqual(up.spawned, ['upgrade']);
     assert.deepEqual(helmHistory('cilium', 'kube-system').at(-1), { ...helmHistory('cilium', 'kube-system').at(-1)!, status: 'deployed', chart: 'cilium-1.19.6' });
     assert.deepEqual((await run(ciliumStep, s)).spawned, []);
 
-    const down = await run(ciliumStep, cilium('1.18.4', { hubble: { relay: { enabled: false } } }), { planOnly: true });
+    const down = await run(ciliumStep, cilium('1.18.4', { hubble: { relay: { enabled: false }, ui: { enabled: false } } }), { planOnly: true });
     assert.equal(down.changes[0]!.action, 'conflict');
     assert.match(down.changes[0]!.detail ?? '', /1\.18\.4 is an older minor version/);
   });

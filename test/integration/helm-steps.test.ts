@@ -191,7 +191,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     const repo = (await get('/apis/apps/v1/namespaces/argocd/deployments/argocd-repo-server')).spec.template.spec;
     const init = repo.initContainers.find((c: any) => c.name === 'install-ksops');
     assert.equal(init.image, 'viaductoss/ksops:v4.5.1');
-    assert.deepEqual(init.command, ['/usr/local/bin/ksops', 'install', '--with-kustomize', '/custom-tools']);
+    assert.deepEqual(init.command, ['/usr/local/bin/ksops', 'install', '/custom-tools']);
     assert.ok(repo.volumes.find((v: any) => v.name === 'custom-tools' && v.emptyDir));
     assert.equal(repo.volumes.find((v: any) => v.name === 'sops-age').secret.secretName, 'sops-age-key');
     const main = repo.containers[0];
@@ -240,11 +240,11 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
   });
 
   it('changing one value: the plan shows that field, apply makes revision 2, then no-op again', async () => {
-    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } } });
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: false, values: { hubble: { relay: { enabled: false }, ui: { enabled: false } } } } });
     const plan = await run(ciliumStep, s, { planOnly: true });
     assert.equal(plan.changes.length, 1);
     assert.equal(plan.changes[0]!.action, 'update');
-    assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.values.hubble.relay.enabled', from: true, to: false }]);
+    assert.deepEqual(plan.changes[0]!.diff, [{ path: '$.values.hubble.relay.enabled', from: true, to: false }, { path: '$.values.hubble.ui.enabled', from: true, to: false }]);
     assert.equal(history('cilium', 'kube-system').length, 1, 'plan writes nothing');
 
     await run(ciliumStep, s);
@@ -254,7 +254,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
   });
 
   it('recovers a release stuck in pending-upgrade: roll back, then upgrade', async () => {
-    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: false, values: { hubble: { relay: { enabled: false } } } } });
+    const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: false, values: { hubble: { relay: { enabled: false }, ui: { enabled: false } } } } });
     // What a helm killed during the upgrade to revision 2 leaves: 1 still deployed, 2 pending.
     await setRevisionStatus('cilium', 'kube-system', 1, 'deployed');
     await setRevisionStatus('cilium', 'kube-system', 2, 'pending-upgrade');
@@ -266,7 +266,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     assert.deepEqual(plan.changes.map((c) => c.action), ['update', 'update']);
     assert.match(plan.changes[0]!.detail ?? '', /revision 2 is stuck in pending-upgrade.*roll back to revision 1/);
     // Revision 1 had relay on; the upgrade after the rollback turns it off again.
-    assert.deepEqual(plan.changes[1]!.diff, [{ path: '$.values.hubble.relay.enabled', from: true, to: false }]);
+    assert.deepEqual(plan.changes[1]!.diff, [{ path: '$.values.hubble.relay.enabled', from: true, to: false }, { path: '$.values.hubble.ui.enabled', from: true, to: false }]);
 
     await run(ciliumStep, s);
     const h = history('cilium', 'kube-system');
@@ -303,7 +303,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     // The agent's new Pod runs on the kwok node but never passes its readiness probe (a crash loop,
     // on purpose); the operator's new Pod selects a node that does not exist and is never scheduled.
     const values = {
-      hubble: { relay: { enabled: false } },
+      hubble: { relay: { enabled: false }, ui: { enabled: false } },
       podAnnotations: { [NOT_READY_ANNOTATION]: 'true' },
       operator: { nodeSelector: { 'kubernetes.io/os': 'windows' } },
     };
@@ -332,7 +332,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
 
   it('readiness wait: ends once the controllers have rolled out Pods that kwok reports Ready', async () => {
     // The new agent Pod takes 8 s to start: longer than the helm upgrade, so the wait sees it not Ready first.
-    const values = { hubble: { relay: { enabled: false } }, podAnnotations: { [START_AFTER_ANNOTATION]: '8s' } };
+    const values = { hubble: { relay: { enabled: false }, ui: { enabled: false } }, podAnnotations: { [START_AFTER_ANNOTATION]: '8s' } };
     const s = settings({ cilium: { chart: { path: CILIUM_CHART }, waitForReady: true, values } });
     const step = createCiliumStep({ rolloutTimeoutMs: 60_000, pollMs: 200 });
     const ctx = context(s);
