@@ -6,6 +6,7 @@ import type { Settings } from './settings/schema.ts';
 import { Credentials, CREDENTIAL_NAMES } from './credentials.ts';
 import { createAdapters } from './adapters/index.ts';
 import { createLogger, type Logger } from './log.ts';
+import { scrub } from './secret.ts';
 import { runSteps, succeeded, type Mode, type StepReport } from './engine/run.ts';
 import { acquireLock, LockHeldError } from './engine/lock.ts';
 import { BootstrapLease, KubeLeaseStore, leaseSettingsFromEnv } from './engine/lease.ts';
@@ -75,7 +76,9 @@ async function converge(mode: Mode, settings: Settings, only: StepName[], log: L
   });
 }
 
-export async function main(argv: string[], io: Io = stdio): Promise<number> {
+export async function main(argv: string[], rawIo: Io = stdio): Promise<number> {
+  // Everything printed passes scrub(): a secret quoted by an error reaches neither stdout nor stderr.
+  const io: Io = { out: (t) => rawIo.out(scrub(t)), err: (t) => rawIo.err(scrub(t)) };
   let parsed;
   try {
     parsed = parseArgs({

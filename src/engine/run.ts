@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { isWrite, type Change, type Outputs, type Step, type StepContext, type StepName } from '../steps/types.ts';
 import { isTransient, PartialStepError, retryAfterMs } from './errors.ts';
 import type { Settings } from '../settings/schema.ts';
+import { errorMessage } from '../secret.ts';
 
 export type Mode = 'plan' | 'apply';
 export type Outcome = 'unchanged' | 'changed' | 'planned' | 'failed' | 'blocked' | 'skipped' | 'observed';
@@ -105,10 +106,8 @@ export function checkGraph(steps: readonly Step[]): void {
   for (const s of steps) visit(s.name, []);
 }
 
-function message(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return String(err);
-}
+// Every error text the engine hands on (reports: summary, plan, state file, status) is scrubbed here.
+const message = errorMessage;
 
 export async function runSteps(steps: readonly Step[], opts: RunOptions): Promise<StepReport[]> {
   checkGraph(steps);

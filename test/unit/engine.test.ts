@@ -7,7 +7,6 @@ import { spawnSync } from 'node:child_process';
 import { pino } from 'pino';
 import { runSteps, backoffMs, checkGraph, type RunOptions } from '../../src/engine/run.ts';
 import { TransientError } from '../../src/engine/errors.ts';
-import { acquireLock, LockHeldError } from '../../src/engine/lock.ts';
 import { parseSettings } from '../../src/settings/load.ts';
 import type { Change, Step, StepContext, StepName } from '../../src/steps/types.ts';
 
@@ -186,25 +185,6 @@ test('backoff grows exponentially with jitter and a cap', () => {
   assert.equal(backoffMs(1, p, () => 1), 100);
   assert.equal(backoffMs(3, p, () => 1), 400);
   assert.equal(backoffMs(9, p, () => 1), 1000);
-});
-
-test('the lock keeps a second run out and a dead holder does not block', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'hb-lock-'));
-  const release = acquireLock(dir);
-  assert.throws(() => acquireLock(dir), (e) => e instanceof LockHeldError && /another run \(pid \d+/.test(e.message));
-  release();
-  assert.ok(!existsSync(join(dir, 'run.lock')));
-  // A run killed with SIGKILL leaves its file behind; its pid is gone.
-  const dead = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' });
-  writeFileSync(join(dir, 'run.lock'), JSON.stringify({ pid: Number(dead.stdout.trim()), since: 'earlier' }));
-  const again = acquireLock(dir);
-  again();
-});
-
-test('a lock left by a previous boot is stale even if its pid is alive now', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'hb-lock-'));
-  writeFileSync(join(dir, 'run.lock'), JSON.stringify({ pid: process.pid, boot: 'another-boot', since: 'yesterday' }));
-  acquireLock(dir)();
 });
 
 test('a step that fails after publishing its outputs still lets its dependents run', async () => {
