@@ -5,7 +5,11 @@
 // through the generated client (which also opens a new connection for every request).
 // Every write is server-side apply with field manager FIELD_MANAGER.
 import { readFileSync } from 'node:fs';
+import { readRegularFile, FileReadError } from '../read-file.ts';
+import { MAX_CREDENTIAL_BYTES } from '../credentials.ts';
+import { rememberSecret } from '../secret.ts';
 import { dirname } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Logger } from 'pino';
@@ -37,7 +41,20 @@ function packageVersion(): string {
 
 export interface ApplyOptions {
   dryRun?: boolean;
-  force?: boolean; // take over fields another manager owns
+  /**
+   * Take back fields another manager owns (someone ran kubectl patch/edit on it, or made it by
+   * hand before the first run). Only for objects the daemon owns by name; never for others.
+   */
+  force?: boolean;
+  /** The object as read before (with managedFields): a forced apply logs whose change it overwrites. */
+  current?: KubeObject | undefined;
+}
+
+/** Fields of an object that a forced apply takes from another field manager. */
+export interface Takeover {
+  manager: string;
+  operation: string;
+  paths: string[];
 }
 
 export interface WaitCrdsOptions {
@@ -70,8 +87,27 @@ export class CrdWaitError extends Error {
   }
 }
 
+/**
+ * The API server accepted the connection but sent no answer within the request timeout (a hung
+ * or stopped apiserver, a proxy that swallows requests). Not retried: every later request of the
+ * same client fails at once with this error, so the cluster part of a run fails once, with one
+ * message, instead of each request and each retry waiting out its own timeout.
+ */
+export class KubeUnansweredError extends Error {
+  override name = 'KubeUnansweredError';
+}
+
+/** Per-request bound: the longest an answer (or the next bytes of one) may take. */
+export const REQUEST_TIMEOUT_MS = 10_000;
+
+/** One /readyz try; k3s answers it within milliseconds once its listener is up. */
+export const READYZ_TIMEOUT_MS = 5000;
+const NO_ANSWER = `connection accepted, no answer within ${READYZ_TIMEOUT_MS / 1000} s`;
+
 export interface ReadyzStatus {
   ready: boolean;
+  /** The server accepted the connection and sent nothing (as opposed to refusing it or answering "not ready"). */
+  unanswered?: boolean;
   /** Why not, in a few words: "connection refused", "HTTP 500: [-]poststarthook/… failed". */
   detail: string;
 }
@@ -99,9 +135,14 @@ interface RequestOptions {
   contentType?: string;
   signal?: AbortSignal | undefined;
   timeoutMs?: number;
+  /** A readiness probe: a timeout is an answer ("not ready"), it does not mark the server as unanswering. */
+  probe?: boolean;
 }
 
 const TRANSPORT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED', 'ERR_SOCKET_CLOSED']);
+
+// The server's certificate does not chain to the kubeconfig's CA.
+const CA_CODES = new Set(['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED']);
 
 /** A short reference for messages: "cilium.io/v2 CiliumLoadBalancerIPPool homelab", "v1 Secret argocd/sops-age-key". */
 export function objectRef(apiVersion: string, kind: string, name?: string, namespace?: string): string {
@@ -151,6 +192,9 @@ export class KubeClient {
   readonly log: Logger;
   #kc: KubeConfig | undefined;
   #conn: Connection | undefined;
+  #cluster: { name: string; caField: string } | undefined;
+  /** Set once a request went unanswered; every later request fails with it at once. */
+  #unanswered: KubeUnansweredError | undefined;
   /** Discovery by groupVersion. Only hits are kept: a CRD may appear at any time. */
   readonly #resources = new Map<string, ApiResource[]>();
 
@@ -174,9 +218,9 @@ export class KubeClient {
     const path = this.kubeconfigPath;
     let text: string;
     try {
-      text = readFileSync(path, 'utf8');
+      text = readRegularFile(path, MAX_CREDENTIAL_BYTES);
     } catch (e) {
-      throw new Error(`kubeconfig ${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+      throw new Error(`kubeconfig ${path} ${e instanceof FileReadError ? e.reason : `cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`}`);
     }
     const kc = new KubeConfig();
     try {
@@ -192,6 +236,7 @@ export class KubeClient {
     if (!cluster?.server) throw new Error(`kubeconfig ${path} names no current cluster with a server`);
     const server = new URL(cluster.server);
     this.#kc = kc;
+    this.#cluster = { name: cluster.name, caField: cluster.caFile ? 'certificate-authority' : 'certificate-authority-data' };
     const user = kc.getCurrentUser();
     const tls = server.protocol === 'https:';
     if (!tls && !cluster.skipTLSVerify) throw new Error(`kubeconfig ${path}: plain http to ${server.origin} needs insecure-skip-tls-verify`);
@@ -219,12 +264,15 @@ export class KubeClient {
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(opts.headers ?? {})) if (v !== undefined) headers[k] = String(v);
     if (opts.auth) headers.Authorization = `Basic ${Buffer.from(opts.auth).toString('base64')}`;
+    // The kubeconfig's token (or an exec plugin's) is a secret like any credential: scrub() must know it.
+    rememberSecret(headers.Authorization?.replace(/^(Bearer|Basic) /, ''));
     headers['User-Agent'] = USER_AGENT;
     headers.Accept = 'application/json';
     return headers;
   }
 
   async #request(method: string, path: string, o: RequestOptions = {}): Promise<RawResponse> {
+    if (this.#unanswered && !o.probe) throw new KubeUnansweredError(this.#unanswered.message, { cause: this.#unanswered });
     const conn = await this.#connection();
     const headers = await this.#headers();
     if (o.body !== undefined) {
@@ -234,18 +282,27 @@ export class KubeClient {
     const url = new URL(path, conn.server);
     const started = performance.now();
     const res = await new Promise<RawResponse>((resolve, reject) => {
-      const req = conn.request(url, { method, headers, agent: conn.agent, timeout: o.timeoutMs ?? 30_000, ...(o.signal ? { signal: o.signal } : {}) }, (r) => {
+      const req = conn.request(url, { method, headers, agent: conn.agent, timeout: o.timeoutMs ?? REQUEST_TIMEOUT_MS, ...(o.signal ? { signal: o.signal } : {}) }, (r) => {
         const chunks: Buffer[] = [];
         r.on('data', (c: Buffer) => chunks.push(c));
         r.on('end', () => resolve({ status: r.statusCode ?? 0, headers: r.headers, text: Buffer.concat(chunks).toString('utf8') }));
         r.on('error', reject);
       });
-      req.on('timeout', () => req.destroy(Object.assign(new Error('request timed out'), { code: 'ETIMEDOUT' })));
+      req.on('timeout', () => req.destroy(Object.assign(new Error('request timed out'), { code: 'HB_NO_ANSWER' })));
       req.on('error', reject);
       req.end(o.body);
     }).catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code === 'HB_NO_ANSWER' && !o.signal?.aborted) {
+        const s = Math.round((o.timeoutMs ?? REQUEST_TIMEOUT_MS) / 1000);
+        const err = new KubeUnansweredError(
+          `${method} ${url.pathname}: the API server at ${conn.server.origin} (kubeconfig ${this.kubeconfigPath}) accepted the connection but sent no answer within ${s} s; not asking it again in this run (is the apiserver hung, or a proxy or firewall swallowing requests?)`,
+        );
+        if (!o.probe) this.#unanswered = err;
+        throw err;
+      }
       throw this.#transportError(method, url.pathname, e, o.signal);
     });
+    this.#unanswered = undefined; // it answers (again)
     this.log.debug({ method, path: url.pathname, status: res.status, ms: Math.round(performance.now() - started) }, 'kube request');
     return res;
   }
@@ -261,7 +318,29 @@ export class KubeClient {
     if (code && (TRANSPORT_CODES.has(code) || code.startsWith('UND_ERR'))) {
       return new TransientError(`${method} ${path}: cannot reach the API server at ${this.#conn?.server.origin} (${code})`, { cause: e });
     }
+    const tls = this.#tlsProblem(code, (e as Error).message);
+    if (tls) return new Error(`${method} ${path}: ${tls}`, { cause: e });
     return new Error(`${method} ${path}: request to the API server at ${this.#conn?.server.origin} failed: ${(e as Error).message}`, { cause: e });
+  }
+
+  /** A TLS failure as a sentence naming the kubeconfig file and the field to check; undefined for other errors. */
+  #tlsProblem(code: string | undefined, text: string): string | undefined {
+    const origin = this.#conn?.server.origin;
+    const cluster = `cluster "${this.#cluster?.name ?? '?'}"`;
+    const where = `kubeconfig ${this.kubeconfigPath}, ${cluster}`;
+    if (code && CA_CODES.has(code)) {
+      return `the API server at ${origin} presented a certificate that the CA in ${where} (field ${this.#cluster?.caField ?? 'certificate-authority-data'}) does not verify (${code}); the CA belongs to another cluster, or the server field points at another server`;
+    }
+    if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+      return `the certificate of the API server at ${origin} is not valid for that name (${code}); check the server field (or tls-server-name) of ${where}`;
+    }
+    if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') {
+      return `the certificate of the API server at ${origin} ${code === 'CERT_HAS_EXPIRED' ? 'has expired' : 'is not valid yet'} (${code}); check this machine's clock, and that ${where} points at the right server`;
+    }
+    if (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'ERR_SSL_PACKET_LENGTH_TOO_LONG' || (code === 'EPROTO' && /wrong version number|packet length too long|http request/i.test(text))) {
+      return `the server at ${origin} does not speak TLS (is it plain HTTP, or another service on that port?); check the server field of ${where}`;
+    }
+    return undefined;
   }
 
   #fail(res: RawResponse, what: string, scrub?: (s: string) => string): Error {
@@ -347,9 +426,10 @@ export class KubeClient {
   async readyzStatus(signal?: AbortSignal): Promise<ReadyzStatus> {
     let res: RawResponse;
     try {
-      res = await this.#request('GET', '/readyz', { signal, timeoutMs: 5000 });
+      res = await this.#request('GET', '/readyz', { signal, timeoutMs: READYZ_TIMEOUT_MS, probe: true });
     } catch (e) {
       if (signal?.aborted) throw e;
+      if (e instanceof KubeUnansweredError) return { ready: false, detail: NO_ANSWER, unanswered: true };
       if (e instanceof TransientError) {
         const code = ((e.cause as NodeJS.ErrnoException | undefined)?.code ?? '').toString();
         return { ready: false, detail: code === 'ECONNREFUSED' ? 'connection refused' : `unreachable (${code || e.message})` };
@@ -421,6 +501,8 @@ export class KubeClient {
       contentType: 'application/apply-patch+yaml',
     });
     if (res.status !== 200 && res.status !== 201) throw this.#fail(res, `apply ${ref}${opts.dryRun ? ' (dry run)' : ''}`, kind === 'Secret' ? secretScrubber(obj) : undefined);
+    const taken = opts.force && !opts.dryRun ? takeovers(obj, opts.current) : [];
+    if (taken.length > 0) this.log.warn({ ref, takenFrom: taken }, `${ref}: ${describeTakeovers(taken)}`);
     this.log.debug({ ref, dryRun: Boolean(opts.dryRun) }, 'applied');
     return JSON.parse(res.text) as KubeObject;
   }
@@ -587,7 +669,7 @@ export class KubeClient {
 }
 
 function fileOrData(file: string | undefined, data: string | undefined): Buffer | undefined {
-  if (file) return readFileSync(file);
+  if (file) return Buffer.from(readRegularFile(file, MAX_CREDENTIAL_BYTES));
   if (data) return Buffer.from(data, 'base64');
   return undefined;
 }
@@ -665,4 +747,32 @@ export function applyDiff(want: KubeObject, have: KubeObject | undefined, opts: 
     }
   }
   return out;
+}
+
+/**
+ * Fields `want` sets that another field manager owns in `have` with another value: exactly what a
+ * server-side apply would refuse as a conflict (409), and what a forced one takes back.
+ */
+export function takeovers(want: KubeObject, have: KubeObject | undefined): Takeover[] {
+  if (!have) return [];
+  const { apiVersion: _a, kind: _k, ...desired } = want;
+  const managed = (have.metadata.managedFields as { manager?: string; operation?: string; fieldsV1?: FieldsV1 }[] | undefined) ?? [];
+  const out: Takeover[] = [];
+  for (const entry of managed) {
+    if (entry.manager === FIELD_MANAGER || !entry.fieldsV1) continue;
+    const paths = ownedLeaves(entry.fieldsV1)
+      .filter((keys) => {
+        if (keys.length === 0) return false;
+        const w = lookup(desired, keys);
+        return w.found && !isDeepStrictEqual(w.value, lookup(have, keys).value);
+      })
+      .map((keys) => keys.reduce<string>((p, k) => childPath(p, k), '$'));
+    if (paths.length > 0) out.push({ manager: entry.manager ?? '(unnamed manager)', operation: entry.operation ?? 'Update', paths });
+  }
+  return out;
+}
+
+/** "overwrites the change of kubectl-patch (Update) to $.data.token", for the plan and the log. */
+export function describeTakeovers(taken: readonly Takeover[]): string {
+  return `overwrites ${taken.map((t) => `the change of ${t.manager} (${t.operation}) to ${t.paths.join(', ')}`).join('; ')}: the daemon owns this object`;
 }

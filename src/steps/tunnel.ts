@@ -7,7 +7,7 @@
 // PartialStepError that carries the outputs (see the class).
 import { PartialStepError } from '../engine/errors.ts';
 import type { Change, KubeObject, Outputs, Step, StepContext } from './types.ts';
-import { OWNER_LABEL } from '../adapters/kube.ts';
+import { describeTakeovers, OWNER_LABEL, takeovers } from '../adapters/kube.ts';
 import { oldestTunnel, type ApiIngressRule, type Tunnel } from '../adapters/cloudflare.ts';
 import { desiredTunnel, ingressDiff, TUNNEL_SECRET, type TunnelWant } from '../desired/tunnel.ts';
 import { Secret } from '../secret.ts';
@@ -15,7 +15,7 @@ import { Secret } from '../secret.ts';
 export { PartialStepError };
 
 export type SecretState =
-  | { known: true; exists: boolean; matches: boolean; namespaceExists: boolean }
+  | { known: true; exists: boolean; matches: boolean; namespaceExists: boolean; object?: KubeObject; detail?: string }
   | { known: false; error: string; cause?: unknown };
 
 export interface TunnelHave {
@@ -56,7 +56,9 @@ async function readSecret(ctx: StepContext, token: Secret | undefined): Promise<
     }
     const data = (obj.data as Record<string, string> | undefined)?.[TUNNEL_SECRET.key];
     const matches = token !== undefined && data !== undefined && token.equals(Buffer.from(data, 'base64'));
-    return { known: true, exists: true, matches, namespaceExists: true };
+    // Made by hand before the first run, or edited since (kubectl create/apply/patch/edit): say whose change the write overwrites.
+    const taken = token && !matches ? takeovers(secretObject(token), obj) : [];
+    return { known: true, exists: true, matches, namespaceExists: true, object: obj, ...(taken.length > 0 ? { detail: describeTakeovers(taken) } : {}) };
   } catch (e) {
     return { known: false, error: message(e), cause: e };
   }
@@ -112,7 +114,7 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
       if (!s.namespaceExists) out.push({ action: 'create', target: namespaceTarget });
       out.push({ action: 'create', target: secretTarget, diff: [{ path: `$.data.${TUNNEL_SECRET.key}`, to: '[redacted]' }] });
     } else if (!t || !s.matches) {
-      out.push({ action: 'update', target: secretTarget, diff: [{ path: `$.data.${TUNNEL_SECRET.key}`, from: '[redacted]', to: '[redacted]' }] });
+      out.push({ action: 'update', target: secretTarget, diff: [{ path: `$.data.${TUNNEL_SECRET.key}`, from: '[redacted]', to: '[redacted]' }], ...(s.detail ? { detail: s.detail } : {}) });
     } else {
       out.push({ action: 'noop', target: secretTarget });
     }
@@ -152,7 +154,8 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
         await kube.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: TUNNEL_SECRET.namespace, labels: { ...OWNER_LABEL } } });
         ctx.log.info(`created ${namespaceTarget}`);
       }
-      await kube.apply(secretObject(token));
+      // force: the Secret is the daemon's; a hand-made or edited copy must not block it forever (409).
+      await kube.apply(secretObject(token), { force: true, current: s.object });
       ctx.log.info(`${s.exists ? 'updated' : 'created'} ${secretTarget} (token of tunnel ${want.name})`);
     } catch (e) {
       throw new PartialStepError(`tunnel ${want.name} (${tunnel.id}) is in place, but ${secretTarget} was not written: ${message(e)}`, outputs, e);
