@@ -202,3 +202,39 @@ test('a step that fails after publishing its outputs still lets its dependents r
   assert.equal(reports[1]!.outcome, 'changed');
   assert.ok(events.includes('change dns upstream={"tunnelId":"t-9"}'));
 });
+
+test('a PartialStepError that is retried hands its outputs on at once: dependents do not wait for the retries', async () => {
+  const { PartialStepError, TransientError } = await import('../../src/engine/errors.ts');
+  const events: string[] = [];
+  let dnsDone = false;
+  const steps = fakeSteps(
+    [
+      {
+        name: 'tunnel',
+        behave: async (attempt) => {
+          // Retried while the cluster is away; dns must have finished before the last attempt.
+          if (attempt === 3) events.push(`tunnel attempt 3 dns done=${dnsDone}`);
+          throw new PartialStepError('secret not written', { tunnelId: 't-7' }, new TransientError('ECONNREFUSED'));
+        },
+      },
+      { name: 'dns', needs: ['tunnel'], pending: create, out: {} },
+    ],
+    events,
+  );
+  const reports = await runSteps(steps, options('apply', { retry: { attempts: 3, baseMs: 200, maxMs: 200 }, onReport: (r) => void (r.step === 'dns' && (dnsDone = true)) }));
+  assert.equal(reports[0]!.outcome, 'failed');
+  assert.equal(reports[0]!.attempts, 3);
+  assert.equal(reports[1]!.outcome, 'changed');
+  assert.ok(events.includes('change dns upstream={"tunnelId":"t-7"}'));
+  assert.ok(events.includes('tunnel attempt 3 dns done=true'), events.join(' | '));
+});
+
+test('an error text that quotes a secret is scrubbed in the report (summary, plan, state file all read it)', async () => {
+  const { Secret } = await import('../../src/secret.ts');
+  const token = 'tok-3f9a1c77e0b24d5e\nsecond-line-9b8c7d6e';
+  new Secret(token);
+  const steps = fakeSteps([{ name: 'tunnel', behave: () => { throw new TypeError(`Headers.append: "Bearer ${token}" is an invalid header value.`); } }], []);
+  const [r] = await runSteps(steps, options());
+  assert.equal(r!.outcome, 'failed');
+  assert.equal(r!.error, 'Headers.append: "Bearer [REDACTED]" is an invalid header value.');
+});
