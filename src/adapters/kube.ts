@@ -282,14 +282,22 @@ export class KubeClient {
     const url = new URL(path, conn.server);
     const started = performance.now();
     const res = await new Promise<RawResponse>((resolve, reject) => {
-      const req = conn.request(url, { method, headers, agent: conn.agent, timeout: o.timeoutMs ?? REQUEST_TIMEOUT_MS, ...(o.signal ? { signal: o.signal } : {}) }, (r) => {
+      const timeoutMs = o.timeoutMs ?? REQUEST_TIMEOUT_MS;
+      // Our own timer until the answer starts: the socket's idle timeout counts from the TCP
+      // connect again once TLS is set up, so a silent server would be waited for twice as long.
+      const noAnswer = setTimeout(() => req.destroy(Object.assign(new Error('no answer'), { code: 'HB_NO_ANSWER' })), timeoutMs);
+      const req = conn.request(url, { method, headers, agent: conn.agent, timeout: timeoutMs, ...(o.signal ? { signal: o.signal } : {}) }, (r) => {
+        clearTimeout(noAnswer);
         const chunks: Buffer[] = [];
         r.on('data', (c: Buffer) => chunks.push(c));
         r.on('end', () => resolve({ status: r.statusCode ?? 0, headers: r.headers, text: Buffer.concat(chunks).toString('utf8') }));
         r.on('error', reject);
       });
       req.on('timeout', () => req.destroy(Object.assign(new Error('request timed out'), { code: 'HB_NO_ANSWER' })));
-      req.on('error', reject);
+      req.on('error', (e) => {
+        clearTimeout(noAnswer);
+        reject(e);
+      });
       req.end(o.body);
     }).catch((e: unknown) => {
       if ((e as NodeJS.ErrnoException).code === 'HB_NO_ANSWER' && !o.signal?.aborted) {

@@ -7,6 +7,7 @@ import type { Settings } from '../settings/schema.ts';
 import { parseSettings } from '../settings/load.ts';
 import type { CredentialName, Credentials } from '../credentials.ts';
 import { parseAgeIdentities } from '../agekey.ts';
+import { READYZ_TIMEOUT_MS } from '../adapters/kube.ts';
 import type { Change, Outputs, Step, StepContext } from './types.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -73,7 +74,9 @@ export async function waitReadyz(ctx: StepContext, opts: Required<PreflightOptio
     }
     last = status.detail;
     answered ||= !status.unanswered;
-    if (!answered && performance.now() - started >= opts.unansweredWaitMs) {
+    const pause = Math.min(delay, Math.max(0, deadline - performance.now()));
+    // Given up before a try that would end past the bound, so the bound holds as said.
+    if (!answered && performance.now() - started + pause + READYZ_TIMEOUT_MS > opts.unansweredWaitMs) {
       throw new Error(
         `API server ${kube.server} accepts connections but answered none of ${attempt} /readyz tries in ${Math.round((performance.now() - started) / 1000)} s (kubeconfig ${kube.kubeconfigPath}); is the apiserver hung, or is a proxy or firewall swallowing requests?`,
       );
@@ -82,7 +85,6 @@ export async function waitReadyz(ctx: StepContext, opts: Required<PreflightOptio
     if (left <= 0) {
       throw new Error(`API server ${kube.server} not ready after ${Math.round(opts.readyzWaitMs / 1000)} s (${attempt} tries; last: ${last}); is k3s running?`);
     }
-    const pause = Math.min(delay, left);
     ctx.log.info({ server: kube.server, attempt, detail: last, retryInMs: Math.round(pause) }, `waiting for the API server /readyz (k3s starting?): ${last}`);
     await sleep(pause, undefined, { signal: ctx.signal });
     delay = Math.min(delay * 2, opts.readyzMaxDelayMs);

@@ -155,7 +155,7 @@ describe('an apiserver that accepts connections and never answers', () => {
     site.emu.zone(ZONE).records.clear();
   };
 
-  it('the periodic reconcile (--only tunnel --only dns): DNS converges; the Secret write fails once, named, within 10 s per request', async () => {
+  it('the periodic reconcile (--only tunnel --only dns): DNS converges; the Secret write fails once, named, within 10 s per request', async (t) => {
     resetCloudflare();
     const run = await runToEnd({ ...site, config }, { stateDir: join(site.dir, 'state-hole-reconcile'), args: ['apply', '--only', 'tunnel', '--only', 'dns'], expect: 1 });
     assert.ok(hole.accepted() > 0, 'nothing connected to the black hole');
@@ -166,6 +166,7 @@ describe('an apiserver that accepts connections and never answers', () => {
     assert.equal(tunnel?.outcome, 'failed');
     assert.equal(tunnel?.attempts, 1, 'an unanswering apiserver was retried');
     assert.match(String(tunnel?.err), new RegExp(`is in place, but Secret cloudflared/tunnel-token was not written: .*the API server at https://127\\.0\\.0\\.1:${hole.port} \\(kubeconfig \\S+kubeconfig-black-hole\\) accepted the connection but sent no answer within 10 s`));
+    t.diagnostic(`reconcile against a black hole: ${run.ms} ms`);
     // One request timeout for the Secret read, one for the Lease: then nothing waits any more.
     assert.ok(run.ms < 45_000, `the reconcile took ${run.ms} ms`);
   });
@@ -175,7 +176,7 @@ describe('an apiserver that accepts connections and never answers', () => {
     const run = await runToEnd({ ...site, config }, { stateDir: join(site.dir, 'state-hole-full'), expect: 1 });
     const pre = run.lines.find((l) => l.step === 'preflight' && l.event === 'finish');
     assert.equal(pre?.outcome, 'failed');
-    assert.match(String(pre?.err), new RegExp(`API server https://127\\.0\\.0\\.1:${hole.port} accepts connections but answered none of \\d+ /readyz tries in 6\\d s \\(kubeconfig \\S+kubeconfig-black-hole\\)`));
+    assert.match(String(pre?.err), new RegExp(`API server https://127\\.0\\.0\\.1:${hole.port} accepts connections but answered none of \\d+ /readyz tries in [3-6]\\d s \\(kubeconfig \\S+kubeconfig-black-hole\\)`));
     for (const s of ['cilium', 'cilium-crds', 'cilium-l2', 'age-key', 'argocd', 'root-appset']) assert.equal(outcomes(run)[s], 'blocked', s);
     assert.equal(outcomes(run).dns, 'changed');
     assert.equal(site.emu.records(ZONE).length, 9);
