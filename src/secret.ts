@@ -12,9 +12,11 @@ function remember(value: string): void {
   const v = value.trim();
   if (v.length < MIN_SECRET) return;
   known.add(v);
-  // A message may quote one line of a multi-line value (a token file with a second line, a key
-  // file): each line is a secret on its own too.
-  if (/[\r\n]/.test(v)) for (const line of v.split(/\r?\n|\r/)) if (line.trim().length >= MIN_SECRET) known.add(line.trim());
+  // A message may quote one line of a token spread over lines (a token file with a second line):
+  // each line is a secret on its own too. Only for token-like values (no blanks within lines): the
+  // lines of a document (a kubeconfig's "apiVersion: v1") are not secret by themselves.
+  const lines = v.split(/\r?\n|\r/).map((l) => l.trim());
+  if (lines.length > 1 && lines.every((l) => !/\s/.test(l))) for (const l of lines) if (l.length >= MIN_SECRET) known.add(l);
 }
 
 export class Secret {
