@@ -713,12 +713,16 @@ function secretScrubber(obj: KubeObject): (s: string) => string {
 
 type FieldsV1 = { [k: string]: FieldsV1 };
 
-/** Leaf field paths (as key lists) in a managedFields fieldsV1 set; a keyed list counts as one field. */
-function ownedLeaves(fs: FieldsV1, prefix: string[] = []): string[][] {
+/**
+ * Leaf field paths (as key lists) in a managedFields fieldsV1 set; a keyed list counts as one field.
+ * A map owned only for its presence ("." alone: its keys belong to others now) is a leaf unless
+ * `values` asks for fields whose value is owned.
+ */
+function ownedLeaves(fs: FieldsV1, prefix: string[] = [], values = false): string[][] {
   const keys = Object.keys(fs).filter((k) => k !== '.');
-  if (keys.length === 0) return [prefix];
+  if (keys.length === 0) return values && '.' in fs ? [] : [prefix];
   if (keys.some((k) => !k.startsWith('f:'))) return [prefix];
-  return keys.flatMap((k) => ownedLeaves(fs[k] ?? {}, [...prefix, k.slice(2)]));
+  return keys.flatMap((k) => ownedLeaves(fs[k] ?? {}, [...prefix, k.slice(2)], values));
 }
 
 function lookup(root: unknown, keys: readonly string[]): { found: boolean; value: unknown } {
@@ -768,11 +772,14 @@ export function takeovers(want: KubeObject, have: KubeObject | undefined): Takeo
   const out: Takeover[] = [];
   for (const entry of managed) {
     if (entry.manager === FIELD_MANAGER || !entry.fieldsV1) continue;
-    const paths = ownedLeaves(entry.fieldsV1)
+    const paths = ownedLeaves(entry.fieldsV1, [], true)
       .filter((keys) => {
         if (keys.length === 0) return false;
         const w = lookup(desired, keys);
-        return w.found && !isDeepStrictEqual(w.value, lookup(have, keys).value);
+        const h = lookup(have, keys).value;
+        // Owning a map itself ("f:data": {} once its keys went to others) is owning its presence, not its keys.
+        if (h !== null && typeof h === 'object' && !Array.isArray(h)) return false;
+        return w.found && !isDeepStrictEqual(w.value, h);
       })
       .map((keys) => keys.reduce<string>((p, k) => childPath(p, k), '$'));
     if (paths.length > 0) out.push({ manager: entry.manager ?? '(unnamed manager)', operation: entry.operation ?? 'Update', paths });

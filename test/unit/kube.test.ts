@@ -79,5 +79,10 @@ test('takeovers(): the fields a forced apply takes from another manager, as the 
   assert.deepEqual(taken, [{ manager: 'kubectl-create', operation: 'Update', paths: ['$.data.token'] }]);
   assert.equal(describeTakeovers(taken), 'overwrites the change of kubectl-create (Update) to $.data.token: the daemon owns this object');
   assert.deepEqual(takeovers(want, { ...have, data: { token: 'bmV3' } }), []);
+  // A manager left owning only the presence of data (".") after a takeover is not a takeover again.
+  const after = { ...have, metadata: { ...have.metadata, managedFields: [{ manager: 'kubectl-client-side-apply', operation: 'Update', fieldsType: 'FieldsV1', fieldsV1: { 'f:data': { '.': {} } } }] } };
+  assert.deepEqual(takeovers(want, after), []);
+  // ...nor one owning the map as a member ("f:data": {}), as the apiserver leaves it.
+  assert.deepEqual(takeovers(want, { ...after, metadata: { ...after.metadata, managedFields: [{ ...after.metadata.managedFields[0]!, fieldsV1: { 'f:data': {} } }] } }), []);
   assert.deepEqual(takeovers(want, undefined), []);
 });
