@@ -713,16 +713,12 @@ function secretScrubber(obj: KubeObject): (s: string) => string {
 
 type FieldsV1 = { [k: string]: FieldsV1 };
 
-/**
- * Leaf field paths (as key lists) in a managedFields fieldsV1 set; a keyed list counts as one field.
- * A map owned only for its presence ("." alone: its keys belong to others now) is a leaf unless
- * `values` asks for fields whose value is owned.
- */
-function ownedLeaves(fs: FieldsV1, prefix: string[] = [], values = false): string[][] {
+/** Leaf field paths (as key lists) in a managedFields fieldsV1 set; a keyed list counts as one field. */
+function ownedLeaves(fs: FieldsV1, prefix: string[] = []): string[][] {
   const keys = Object.keys(fs).filter((k) => k !== '.');
-  if (keys.length === 0) return values && '.' in fs ? [] : [prefix];
+  if (keys.length === 0) return [prefix];
   if (keys.some((k) => !k.startsWith('f:'))) return [prefix];
-  return keys.flatMap((k) => ownedLeaves(fs[k] ?? {}, [...prefix, k.slice(2)], values));
+  return keys.flatMap((k) => ownedLeaves(fs[k] ?? {}, [...prefix, k.slice(2)]));
 }
 
 function lookup(root: unknown, keys: readonly string[]): { found: boolean; value: unknown } {
@@ -772,12 +768,12 @@ export function takeovers(want: KubeObject, have: KubeObject | undefined): Takeo
   const out: Takeover[] = [];
   for (const entry of managed) {
     if (entry.manager === FIELD_MANAGER || !entry.fieldsV1) continue;
-    const paths = ownedLeaves(entry.fieldsV1, [], true)
+    const paths = ownedLeaves(entry.fieldsV1)
       .filter((keys) => {
         if (keys.length === 0) return false;
         const w = lookup(desired, keys);
         const h = lookup(have, keys).value;
-        // Owning a map itself ("f:data": {} once its keys went to others) is owning its presence, not its keys.
+        // Owning a map itself ("f:data": {"." : {}}, or {} once its keys went to others) is owning its presence, not its keys.
         if (h !== null && typeof h === 'object' && !Array.isArray(h)) return false;
         return w.found && !isDeepStrictEqual(w.value, h);
       })
