@@ -56,7 +56,7 @@ export class Credentials {
       text = readRegularFile(p, MAX_CREDENTIAL_BYTES);
     } catch (e) {
       if (!(e instanceof FileReadError)) throw e;
-      const hint = e.code === 'TOOLARGE' || e.code === 'NOTREGULAR' ? `; it cannot be a ${name} (wrong path?)` : '';
+      const hint = e.code === 'TOOLARGE' || e.code === 'NOTREGULAR' ? `; it cannot be the ${name} (wrong path?)` : '';
       throw new CredentialError(`${where} ${e.reason}${hint}`);
     }
     if (text.trim() === '') throw new CredentialError(`${where} is empty`);

@@ -252,7 +252,7 @@ describe('inputs that never end', () => {
         const name = { 'age key': 'age-key', 'API token': 'cloudflare-api-token', kubeconfig: 'kubeconfig' }[cred];
         const field = { 'age key': '$.sops.ageKeyFile', 'API token': '$.cloudflare.apiTokenFile', kubeconfig: '$.kubeconfigFile' }[cred];
         assert.ok(
-          r.out.includes(`${name} credential ${path} (${field}) is ${kind === 'fifo' ? 'a named pipe (FIFO)' : 'a character device'}, not a regular file; it cannot be a ${name} (wrong path?)`),
+          r.out.includes(`${name} credential ${path} (${field}) is ${kind === 'fifo' ? 'a named pipe (FIFO)' : 'a character device'}, not a regular file; it cannot be the ${name} (wrong path?)`),
           r.out.slice(-3000),
         );
         assert.ok(r.ms < 40_000, `took ${r.ms} ms`);

@@ -78,7 +78,7 @@ test('credentials that never end (a FIFO, /dev/zero) are refused with the file a
     const c = new Credentials({ kubeconfigFile: path, sops: { ageKeyFile: path }, cloudflare: { apiTokenFile: path } } as unknown as Settings, '');
     for (const name of ['kubeconfig', 'age-key', 'cloudflare-api-token'] as const) {
       const t = performance.now();
-      await assert.rejects(c.read(name), (e) => e instanceof CredentialError && e.message.startsWith(`${name} credential ${path} (${c.field(name)}) is a `) && /not a regular file; it cannot be a .+ \(wrong path\?\)$/.test(e.message));
+      await assert.rejects(c.read(name), (e) => e instanceof CredentialError && e.message.startsWith(`${name} credential ${path} (${c.field(name)}) is a `) && /not a regular file; it cannot be the .+ \(wrong path\?\)$/.test(e.message));
       assert.ok(performance.now() - t < 1000);
     }
   }
