@@ -227,17 +227,18 @@ describe('inputs that never end', () => {
   });
 
   for (const kind of ['fifo', 'zero'] as const) {
-    it(`--config ${kind === 'fifo' ? 'a FIFO without a writer' : '/dev/zero'}: exit 65 at once, the file named, memory bounded`, async () => {
+    it(`--config ${kind === 'fifo' ? 'a FIFO without a writer' : '/dev/zero'}: exit 65 at once, the file named, memory bounded`, async (t) => {
       const path = kind === 'fifo' ? fifo : '/dev/zero';
       const r = await cliWithRusage(['apply', '--config', path, '--state-dir', join(site.dir, 'state-never-ends')]);
       assert.equal(r.code, 65, r.out);
       assert.match(r.out, new RegExp(`${path}: invalid settings:\\n  - the settings file is (a named pipe \\(FIFO\\)|a character device), not a regular file; pass a JSON file with --config`));
+      t.diagnostic(`${Math.round(r.ms)} ms, peak ${Math.round(r.maxRssMb)} MiB`);
       assert.ok(r.ms < 15_000, `took ${r.ms} ms`);
       assert.ok(r.maxRssMb < 300, `peak memory ${r.maxRssMb} MiB`);
     });
 
     for (const cred of ['age key', 'API token', 'kubeconfig'] as const) {
-      it(`the ${cred} is ${kind === 'fifo' ? 'a FIFO without a writer' : '/dev/zero'}: a clear error naming the file and field, bounded time and memory`, async () => {
+      it(`the ${cred} is ${kind === 'fifo' ? 'a FIFO without a writer' : '/dev/zero'}: a clear error naming the file and field, bounded time and memory`, async (t) => {
         resetCloudflareSoft();
         const path = kind === 'fifo' ? fifo : '/dev/zero';
         const config = configWith(`never-ends-${kind}-${cred.replace(' ', '-')}`, (s) => {
@@ -255,6 +256,7 @@ describe('inputs that never end', () => {
           r.out.includes(`${name} credential ${path} (${field}) is ${kind === 'fifo' ? 'a named pipe (FIFO)' : 'a character device'}, not a regular file; it cannot be the ${name} (wrong path?)`),
           r.out.slice(-3000),
         );
+        t.diagnostic(`${Math.round(r.ms)} ms, peak ${Math.round(r.maxRssMb)} MiB`);
         assert.ok(r.ms < 40_000, `took ${r.ms} ms`);
         assert.ok(r.maxRssMb < 300, `peak memory ${r.maxRssMb} MiB`);
       });
