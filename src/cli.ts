@@ -5,6 +5,7 @@ import { readFileSync, realpathSync } from 'node:fs';
 // build time on every rebuild) must not pay for the Kubernetes, Helm and Cloudflare code that
 // only `plan` and `apply` use. Each command loads its own modules below.
 import { LockHeldError } from './engine/lock.ts';
+import { scrub } from './secret.ts';
 import { defaultStateDir } from './engine/state.ts';
 import { STEP_NAMES, type StepName } from './steps/types.ts';
 import { EXIT } from './exit.ts';
@@ -42,7 +43,9 @@ function needConfig(config: string | undefined): string {
   return config;
 }
 
-export async function main(argv: string[], io: Io = stdio): Promise<number> {
+export async function main(argv: string[], rawIo: Io = stdio): Promise<number> {
+  // Everything printed passes scrub(): a secret quoted by an error reaches neither stdout nor stderr.
+  const io: Io = { out: (t) => rawIo.out(scrub(t)), err: (t) => rawIo.err(scrub(t)) };
   let parsed;
   try {
     parsed = parseArgs({

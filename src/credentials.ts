@@ -1,10 +1,10 @@
 // Credentials are files. Under systemd, LoadCredential= puts them in $CREDENTIALS_DIRECTORY
 // under fixed names; elsewhere (tests, a shell) the settings' paths are read directly.
-import { open } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Settings } from './settings/schema.ts';
 import { Secret } from './secret.ts';
+import { FileReadError, readRegularFile } from './read-file.ts';
 
 export const CREDENTIAL_NAMES = ['kubeconfig', 'age-key', 'cloudflare-api-token', 'git-repo-credential'] as const;
 export type CredentialName = (typeof CREDENTIAL_NAMES)[number];
@@ -15,28 +15,6 @@ export type CredentialName = (typeof CREDENTIAL_NAMES)[number];
  * path (a disk image, /dev/zero) would be read whole into memory, or forever.
  */
 export const MAX_CREDENTIAL_BYTES = 1024 * 1024;
-
-/** Reads at most `limit` + 1 bytes, so a file that grows or never ends is still bounded. */
-async function readBounded(path: string, limit: number): Promise<{ text: string; tooLarge: boolean }> {
-  const fh = await open(path, 'r');
-  try {
-    // open() succeeds on a directory; reading it is what fails. Say so before reading.
-    if ((await fh.stat()).isDirectory()) throw Object.assign(new Error('is a directory'), { code: 'EISDIR' });
-    const buf = Buffer.alloc(limit + 1);
-    let got = 0;
-    while (got < buf.length) {
-      const { bytesRead } = await fh.read(buf, got, buf.length - got, null);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    const tooLarge = got > limit;
-    const text = tooLarge ? '' : buf.toString('utf8', 0, got);
-    buf.fill(0);
-    return { text, tooLarge };
-  } finally {
-    await fh.close();
-  }
-}
 
 export class CredentialError extends Error {
   override name = 'CredentialError';
@@ -85,18 +63,41 @@ export class Credentials {
   /** Reads a credential; the error names the path and field, never the content. */
   async read(name: CredentialName): Promise<Secret> {
     const p = this.path(name);
+    const where = `${name} credential ${p} (${this.field(name)})`;
     let text: string;
     try {
-      const r = await readBounded(p, MAX_CREDENTIAL_BYTES);
-      if (r.tooLarge) throw new CredentialError(`${name} credential ${p} (${this.field(name)}) is larger than ${MAX_CREDENTIAL_BYTES / 1024} KiB; it cannot be a ${name} (wrong path?)`);
-      text = r.text;
+      text = readRegularFile(p, MAX_CREDENTIAL_BYTES);
     } catch (e) {
-      if (e instanceof CredentialError) throw e;
-      const code = (e as NodeJS.ErrnoException).code ?? 'error';
-      const why = code === 'ENOENT' ? 'does not exist' : code === 'EACCES' ? 'is not readable (permission denied)' : code === 'EISDIR' ? 'is a directory' : `cannot be read (${code})`;
-      throw new CredentialError(`${name} credential ${p} (${this.field(name)}) ${why}`);
+      if (!(e instanceof FileReadError)) throw e;
+      const hint = e.code === 'TOOLARGE' || e.code === 'NOTREGULAR' ? `; it cannot be the ${name} (wrong path?)` : '';
+      throw new CredentialError(`${where} ${e.reason}${hint}`);
     }
-    if (text.trim() === '') throw new CredentialError(`${name} credential ${p} (${this.field(name)}) is empty`);
-    return new Secret(text);
+    if (text.trim() === '') throw new CredentialError(`${where} is empty`);
+    // Made first, so the text is known to scrub() even if checking it fails.
+    const secret = new Secret(text);
+    return name === 'cloudflare-api-token' ? new Secret(apiToken(text, where)) : secret;
   }
+}
+
+/**
+ * The token alone, checked before it goes into an HTTP header: there a second line or a byte
+ * outside printable ASCII makes the HTTP client throw with the whole header (token included) in
+ * its message, and a "Bearer " prefix makes Cloudflare answer an opaque 6003. The errors say
+ * where the problem is, never what the bytes are.
+ */
+export function apiToken(text: string, where: string): string {
+  const token = text.trim();
+  if (/^bearer\s/i.test(token)) {
+    throw new CredentialError(`${where} starts with "Bearer ": write the token alone (the daemon adds the "Bearer " itself)`);
+  }
+  const nl = token.search(/[\r\n]/);
+  if (nl >= 0) {
+    const lines = token.split(/\r?\n|\r/).length;
+    throw new CredentialError(`${where} holds ${lines} lines; it must hold the API token alone, on one line (a trailing newline is fine)`);
+  }
+  const bad = [...token].findIndex((c) => c < '!' || c > '~');
+  if (bad >= 0) {
+    throw new CredentialError(`${where} holds a character that is not printable ASCII or is a space (character ${bad + 1} of the token); a Cloudflare API token is letters, digits, "-" and "_" only`);
+  }
+  return token;
 }

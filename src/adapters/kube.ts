@@ -5,6 +5,8 @@
 // through the generated client (which also opens a new connection for every request).
 // Every write is server-side apply with field manager FIELD_MANAGER.
 import { readFileSync } from 'node:fs';
+import { rememberSecret } from '../secret.ts';
+import { isDeepStrictEqual } from 'node:util';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Logger } from 'pino';
@@ -34,7 +36,20 @@ function packageVersion(): string {
 
 export interface ApplyOptions {
   dryRun?: boolean;
-  force?: boolean; // take over fields another manager owns
+  /**
+   * Take back fields another manager owns (someone ran kubectl patch/edit on it, or made it by
+   * hand before the first run). Only for objects the daemon owns by name; never for others.
+   */
+  force?: boolean;
+  /** The object as read before (with managedFields): a forced apply logs whose change it overwrites. */
+  current?: KubeObject | undefined;
+}
+
+/** Fields of an object that a forced apply takes from another field manager. */
+export interface Takeover {
+  manager: string;
+  operation: string;
+  paths: string[];
 }
 
 export interface WaitCrdsOptions {
@@ -67,8 +82,27 @@ export class CrdWaitError extends Error {
   }
 }
 
+/**
+ * The API server accepted the connection but sent no answer within the request timeout (a hung
+ * or stopped apiserver, a proxy that swallows requests). Not retried: every later request of the
+ * same client fails at once with this error, so the cluster part of a run fails once, with one
+ * message, instead of each request and each retry waiting out its own timeout.
+ */
+export class KubeUnansweredError extends Error {
+  override name = 'KubeUnansweredError';
+}
+
+/** Per-request bound: the longest an answer (or the next bytes of one) may take. */
+export const REQUEST_TIMEOUT_MS = 10_000;
+
+/** One /readyz try; k3s answers it within milliseconds once its listener is up. */
+export const READYZ_TIMEOUT_MS = 5000;
+const NO_ANSWER = `connection accepted, no answer within ${READYZ_TIMEOUT_MS / 1000} s`;
+
 export interface ReadyzStatus {
   ready: boolean;
+  /** The server accepted the connection and sent nothing (as opposed to refusing it or answering "not ready"). */
+  unanswered?: boolean;
   /** Why not, in a few words: "connection refused", "HTTP 500: [-]poststarthook/… failed". */
   detail: string;
 }
@@ -113,12 +147,17 @@ interface RequestOptions {
   timeoutMs?: number;
   /** Overrides `Accept: application/json`, e.g. to ask for metadata only. */
   accept?: string;
+  /** A readiness probe: a timeout is an answer ("not ready"), it does not mark the server as unanswering. */
+  probe?: boolean;
 }
 
 /** Content negotiation for a list of PartialObjectMetadata (falls back to whole objects where unsupported). */
 const METADATA_LIST = 'application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json';
 
 const TRANSPORT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'ECONNABORTED', 'ERR_SOCKET_CLOSED']);
+
+// The server's certificate does not chain to the kubeconfig's CA.
+const CA_CODES = new Set(['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'CERT_SIGNATURE_FAILURE', 'CERT_UNTRUSTED']);
 
 /** A short reference for messages: "cilium.io/v2 CiliumLoadBalancerIPPool homelab", "v1 Secret argocd/sops-age-key". */
 export function objectRef(apiVersion: string, kind: string, name?: string, namespace?: string): string {
@@ -169,6 +208,9 @@ export class KubeClient {
   #access: Promise<KubeconfigAccess> | undefined;
   #headersOf: (() => Promise<Record<string, string>>) | undefined;
   #conn: Connection | undefined;
+  #cluster: { name: string; caField: string } | undefined;
+  /** Set once a request went unanswered; every later request fails with it at once. */
+  #unanswered: KubeUnansweredError | undefined;
   /** Discovery by groupVersion. Only hits are kept: a CRD may appear at any time. */
   readonly #resources = new Map<string, ApiResource[]>();
 
@@ -188,6 +230,7 @@ export class KubeClient {
     const access = await (this.#access ??= loadKubeconfig(this.kubeconfigPath));
     if (this.#conn) return this.#conn;
     const { server } = access;
+    this.#cluster = { name: access.clusterName, caField: access.caField };
     const tls = server.protocol === 'https:';
     if (!tls && !access.skipTLSVerify) throw new Error(`kubeconfig ${this.kubeconfigPath}: plain http to ${server.origin} needs insecure-skip-tls-verify`);
     // Static TLS material is read once; per-request headers (tokens, exec plugins) are fresh each time.
@@ -202,12 +245,15 @@ export class KubeClient {
 
   async #headers(): Promise<Record<string, string>> {
     const headers = await this.#headersOf!();
+    // The kubeconfig's token (or an exec plugin's) is a secret like any credential: scrub() must know it.
+    rememberSecret(headers.Authorization?.replace(/^(Bearer|Basic) /, ''));
     headers['User-Agent'] = USER_AGENT;
     headers.Accept = 'application/json';
     return headers;
   }
 
   async #request(method: string, path: string, o: RequestOptions = {}): Promise<RawResponse> {
+    if (this.#unanswered && !o.probe) throw new KubeUnansweredError(this.#unanswered.message, { cause: this.#unanswered });
     const conn = await this.#connection();
     const headers = await this.#headers();
     if (o.accept) headers.Accept = o.accept;
@@ -218,18 +264,35 @@ export class KubeClient {
     const url = new URL(path, conn.server);
     const started = performance.now();
     const res = await new Promise<RawResponse>((resolve, reject) => {
-      const req = conn.request(url, { method, headers, agent: conn.agent, timeout: o.timeoutMs ?? 30_000, ...(o.signal ? { signal: o.signal } : {}) }, (r) => {
+      const timeoutMs = o.timeoutMs ?? REQUEST_TIMEOUT_MS;
+      // Our own timer until the answer starts: the socket's idle timeout counts from the TCP
+      // connect again once TLS is set up, so a silent server would be waited for twice as long.
+      const noAnswer = setTimeout(() => req.destroy(Object.assign(new Error('no answer'), { code: 'HB_NO_ANSWER' })), timeoutMs);
+      const req = conn.request(url, { method, headers, agent: conn.agent, timeout: timeoutMs, ...(o.signal ? { signal: o.signal } : {}) }, (r) => {
+        clearTimeout(noAnswer);
         const chunks: Buffer[] = [];
         r.on('data', (c: Buffer) => chunks.push(c));
         r.on('end', () => resolve({ status: r.statusCode ?? 0, headers: r.headers, text: Buffer.concat(chunks).toString('utf8') }));
         r.on('error', reject);
       });
-      req.on('timeout', () => req.destroy(Object.assign(new Error('request timed out'), { code: 'ETIMEDOUT' })));
-      req.on('error', reject);
+      req.on('timeout', () => req.destroy(Object.assign(new Error('request timed out'), { code: 'HB_NO_ANSWER' })));
+      req.on('error', (e) => {
+        clearTimeout(noAnswer);
+        reject(e);
+      });
       req.end(o.body);
     }).catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code === 'HB_NO_ANSWER' && !o.signal?.aborted) {
+        const s = Math.round((o.timeoutMs ?? REQUEST_TIMEOUT_MS) / 1000);
+        const err = new KubeUnansweredError(
+          `${method} ${url.pathname}: the API server at ${conn.server.origin} (kubeconfig ${this.kubeconfigPath}) accepted the connection but sent no answer within ${s} s; not asking it again in this run (is the apiserver hung, or a proxy or firewall swallowing requests?)`,
+        );
+        if (!o.probe) this.#unanswered = err;
+        throw err;
+      }
       throw this.#transportError(method, url.pathname, e, o.signal);
     });
+    this.#unanswered = undefined; // it answers (again)
     this.log.debug({ method, path: url.pathname, status: res.status, ms: Math.round(performance.now() - started) }, 'kube request');
     return res;
   }
@@ -245,7 +308,29 @@ export class KubeClient {
     if (code && (TRANSPORT_CODES.has(code) || code.startsWith('UND_ERR'))) {
       return new TransientError(`${method} ${path}: cannot reach the API server at ${this.#conn?.server.origin} (${code})`, { cause: e });
     }
+    const tls = this.#tlsProblem(code, (e as Error).message);
+    if (tls) return new Error(`${method} ${path}: ${tls}`, { cause: e });
     return new Error(`${method} ${path}: request to the API server at ${this.#conn?.server.origin} failed: ${(e as Error).message}`, { cause: e });
+  }
+
+  /** A TLS failure as a sentence naming the kubeconfig file and the field to check; undefined for other errors. */
+  #tlsProblem(code: string | undefined, text: string): string | undefined {
+    const origin = this.#conn?.server.origin;
+    const cluster = `cluster "${this.#cluster?.name ?? '?'}"`;
+    const where = `kubeconfig ${this.kubeconfigPath}, ${cluster}`;
+    if (code && CA_CODES.has(code)) {
+      return `the API server at ${origin} presented a certificate that the CA in ${where} (field ${this.#cluster?.caField ?? 'certificate-authority-data'}) does not verify (${code}); the CA belongs to another cluster, or the server field points at another server`;
+    }
+    if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+      return `the certificate of the API server at ${origin} is not valid for that name (${code}); check the server field (or tls-server-name) of ${where}`;
+    }
+    if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID') {
+      return `the certificate of the API server at ${origin} ${code === 'CERT_HAS_EXPIRED' ? 'has expired' : 'is not valid yet'} (${code}); check this machine's clock, and that ${where} points at the right server`;
+    }
+    if (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || code === 'ERR_SSL_PACKET_LENGTH_TOO_LONG' || (code === 'EPROTO' && /wrong version number|packet length too long|http request/i.test(text))) {
+      return `the server at ${origin} does not speak TLS (is it plain HTTP, or another service on that port?); check the server field of ${where}`;
+    }
+    return undefined;
   }
 
   #fail(res: RawResponse, what: string, scrub?: (s: string) => string): Error {
@@ -336,9 +421,10 @@ export class KubeClient {
   async readyzStatus(signal?: AbortSignal): Promise<ReadyzStatus> {
     let res: RawResponse;
     try {
-      res = await this.#request('GET', '/readyz', { signal, timeoutMs: 5000 });
+      res = await this.#request('GET', '/readyz', { signal, timeoutMs: READYZ_TIMEOUT_MS, probe: true });
     } catch (e) {
       if (signal?.aborted) throw e;
+      if (e instanceof KubeUnansweredError) return { ready: false, detail: NO_ANSWER, unanswered: true };
       if (e instanceof TransientError) {
         const code = ((e.cause as NodeJS.ErrnoException | undefined)?.code ?? '').toString();
         return { ready: false, detail: code === 'ECONNREFUSED' ? 'connection refused' : `unreachable (${code || e.message})` };
@@ -413,6 +499,8 @@ export class KubeClient {
       contentType: 'application/apply-patch+yaml',
     });
     if (res.status !== 200 && res.status !== 201) throw this.#fail(res, `apply ${ref}${opts.dryRun ? ' (dry run)' : ''}`, kind === 'Secret' ? secretScrubber(obj) : undefined);
+    const taken = opts.force && !opts.dryRun ? takeovers(obj, opts.current) : [];
+    if (taken.length > 0) this.log.warn({ ref, takenFrom: taken }, `${ref}: ${describeTakeovers(taken)}`);
     this.log.debug({ ref, dryRun: Boolean(opts.dryRun) }, 'applied');
     return JSON.parse(res.text) as KubeObject;
   }
@@ -652,4 +740,35 @@ export function applyDiff(want: KubeObject, have: KubeObject | undefined, opts: 
     }
   }
   return out;
+}
+
+/**
+ * Fields `want` sets that another field manager owns in `have` with another value: exactly what a
+ * server-side apply would refuse as a conflict (409), and what a forced one takes back.
+ */
+export function takeovers(want: KubeObject, have: KubeObject | undefined): Takeover[] {
+  if (!have) return [];
+  const { apiVersion: _a, kind: _k, ...desired } = want;
+  const managed = (have.metadata.managedFields as { manager?: string; operation?: string; fieldsV1?: FieldsV1 }[] | undefined) ?? [];
+  const out: Takeover[] = [];
+  for (const entry of managed) {
+    if (entry.manager === FIELD_MANAGER || !entry.fieldsV1) continue;
+    const paths = ownedLeaves(entry.fieldsV1)
+      .filter((keys) => {
+        if (keys.length === 0) return false;
+        const w = lookup(desired, keys);
+        const h = lookup(have, keys).value;
+        // Owning a map itself ("f:data": {"." : {}}, or {} once its keys went to others) is owning its presence, not its keys.
+        if (h !== null && typeof h === 'object' && !Array.isArray(h)) return false;
+        return w.found && !isDeepStrictEqual(w.value, h);
+      })
+      .map((keys) => keys.reduce<string>((p, k) => childPath(p, k), '$'));
+    if (paths.length > 0) out.push({ manager: entry.manager ?? '(unnamed manager)', operation: entry.operation ?? 'Update', paths });
+  }
+  return out;
+}
+
+/** "overwrites the change of kubectl-patch (Update) to $.data.token", for the plan and the log. */
+export function describeTakeovers(taken: readonly Takeover[]): string {
+  return `overwrites ${taken.map((t) => `the change of ${t.manager} (${t.operation}) to ${t.paths.join(', ')}`).join('; ')}: the daemon owns this object`;
 }

@@ -3,7 +3,8 @@
 // generated API, about 90 MiB and most of a second, on every boot and every reconcile, for a
 // file that on k3s holds a server, a CA and a client certificate. Users that need code to
 // authenticate (exec plugins, auth providers) still go through KubeConfig, loaded then only.
-import { readFileSync } from 'node:fs';
+import { readRegularFile, FileReadError } from '../read-file.ts';
+import { MAX_CREDENTIAL_BYTES } from '../credentials.ts';
 import { dirname, isAbsolute, join } from 'node:path';
 import type { AgentOptions, RequestOptions } from 'node:https';
 import { parse } from 'yaml';
@@ -12,6 +13,9 @@ import type { Cluster, Context, User } from '@kubernetes/client-node';
 
 export interface KubeconfigAccess {
   server: URL;
+  /** The current cluster's name and the field its CA comes from, for TLS error messages. */
+  clusterName: string;
+  caField: 'certificate-authority' | 'certificate-authority-data';
   /** TLS material for the agent: read once. */
   agent: AgentOptions;
   skipTLSVerify: boolean;
@@ -27,7 +31,8 @@ export class KubeconfigError extends Error {
 const absolute = (root: string, file: string | undefined): string | undefined => (file && !isAbsolute(file) ? join(root, file) : file);
 
 function fileOrData(file: string | undefined, data: string | undefined): Buffer | undefined {
-  if (file) return readFileSync(file);
+  // A certificate file is read like every file the user names: regular files only, bounded.
+  if (file) return Buffer.from(readRegularFile(file, MAX_CREDENTIAL_BYTES));
   if (data) return Buffer.from(data, 'base64');
   return undefined;
 }
@@ -35,9 +40,9 @@ function fileOrData(file: string | undefined, data: string | undefined): Buffer 
 export async function loadKubeconfig(path: string): Promise<KubeconfigAccess> {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readRegularFile(path, MAX_CREDENTIAL_BYTES);
   } catch (e) {
-    throw new KubeconfigError(`kubeconfig ${path} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+    throw new KubeconfigError(`kubeconfig ${path} ${e instanceof FileReadError ? e.reason : `cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`}`);
   }
   let doc: Record<string, unknown>;
   let clusters: Cluster[];
@@ -75,7 +80,7 @@ export async function loadKubeconfig(path: string): Promise<KubeconfigAccess> {
     const key = fileOrData(absolute(root, user?.keyFile), user?.keyData);
     if (key) agent.key = key;
   } catch (e) {
-    throw new KubeconfigError(`kubeconfig ${path}: a certificate or key file it names cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+    throw new KubeconfigError(`kubeconfig ${path}: a certificate or key file it names ${e instanceof FileReadError ? e.reason : `cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`}`);
   }
   if (cluster.tlsServerName) agent.servername = cluster.tlsServerName;
 
@@ -101,5 +106,5 @@ export async function loadKubeconfig(path: string): Promise<KubeconfigAccess> {
     if (user?.impersonateUser) h['Impersonate-User'] = user.impersonateUser;
     headers = () => Promise.resolve({ ...h });
   }
-  return { server, agent, skipTLSVerify: cluster.skipTLSVerify, headers };
+  return { server, clusterName: cluster.name, caField: cluster.caFile ? 'certificate-authority' : 'certificate-authority-data', agent, skipTLSVerify: cluster.skipTLSVerify, headers };
 }

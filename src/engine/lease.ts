@@ -401,12 +401,15 @@ export class BootstrapLease {
       this.#held = { ...held, lease, renewedAt: mono() };
     } catch (e) {
       if (e instanceof LeaseConflictError) {
-        const now = await this.#store.get().catch(() => undefined);
-        if (now?.spec?.holderIdentity === this.#identity) {
-          this.#held = { ...held, lease: now };
+        const now = await this.#store.get().then(
+          (lease) => ({ read: true as const, lease }),
+          (err: unknown) => ({ read: false as const, err }),
+        );
+        if (now.read && now.lease?.spec?.holderIdentity === this.#identity) {
+          this.#held = { ...held, lease: now.lease };
         } else {
           this.#held = undefined;
-          log.error({ lease: ref, holder: now?.spec?.holderIdentity }, `lost ${ref} to ${now?.spec?.holderIdentity ? describeHolder(now.spec.holderIdentity) : 'nobody (it was deleted)'}; the next write takes it again`);
+          log.error({ lease: ref, holder: now.read ? now.lease?.spec?.holderIdentity : undefined }, `lost ${ref} ${lostTo(now, held.lease)}; the next write takes it again`);
           return;
         }
       } else if (mono() - held.renewedAt >= this.#durationMs) {
@@ -444,6 +447,18 @@ export class BootstrapLease {
       this.#opts.log.warn({ lease: ref, err: message(e) }, `could not release ${ref} (${message(e)}); it expires by itself after ${this.#opts.durationSeconds} s`);
     }
   }
+}
+
+/** Who has the lease now that a renewal found it changed: said only as far as the Lease shows it. */
+function lostTo(now: { read: true; lease: LeaseObject | undefined } | { read: false; err: unknown }, ours: LeaseObject): string {
+  if (!now.read) return `(it changed, and reading it again failed: ${message(now.err)})`;
+  if (!now.lease) return 'to nobody (it was deleted)';
+  const holder = now.lease.spec?.holderIdentity;
+  if (holder) return `to ${describeHolder(holder)}`;
+  const transitions = (now.lease.spec?.leaseTransitions ?? 0) - (ours.spec?.leaseTransitions ?? 0);
+  return transitions > 0
+    ? `while paused: another holder took it (${transitions} transition${transitions === 1 ? '' : 's'}) and has released it since, so it is free now`
+    : 'to nobody: it was released by another client (it is free now)';
 }
 
 // ---- the store: the apiserver -----------------------------------------------------------

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import { isWrite, type Change, type Outputs, type Step, type StepContext, type StepName } from '../steps/types.ts';
 import { ConflictError, isTransient, PartialStepError, retryAfterMs } from './errors.ts';
 import type { Settings } from '../settings/schema.ts';
+import { errorMessage } from '../secret.ts';
 
 export type Mode = 'plan' | 'apply';
 /** 'conflict': converged except for changes that records of someone else stand in the way of (reported, not failed). */
@@ -108,10 +109,8 @@ export function checkGraph(steps: readonly Step[]): void {
   for (const s of steps) visit(s.name, []);
 }
 
-function message(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return String(err);
-}
+// Every error text the engine hands on (reports: summary, plan, state file, status) is scrubbed here.
+const message = errorMessage;
 
 export async function runSteps(steps: readonly Step[], opts: RunOptions): Promise<StepReport[]> {
   checkGraph(steps);
@@ -122,14 +121,23 @@ export async function runSteps(steps: readonly Step[], opts: RunOptions): Promis
   const outputs = new Map<StepName, Outputs>();
   const reports = new Map<StepName, StepReport>();
   const running = new Map<StepName, Promise<StepReport>>();
+  // What dependents wait for: the step's report, or sooner, the outputs of a PartialStepError (the
+  // Cloudflare part of the tunnel step is done while its Secret write is still being retried).
+  const ready = new Map<StepName, { promise: Promise<StepReport>; resolve(r: StepReport): void }>();
+  for (const s of steps) {
+    let resolve!: (r: StepReport) => void;
+    const promise = new Promise<StepReport>((r) => (resolve = r));
+    ready.set(s.name, { promise, resolve });
+  }
 
   const runOne = async (step: Step): Promise<StepReport> => {
-    const deps = await Promise.all(step.needs.filter((d) => included.has(d)).map((d) => running.get(d)!));
+    const deps = await Promise.all(step.needs.filter((d) => included.has(d)).map((d) => ready.get(d)!.promise));
     const started = Date.now();
     const report = (r: Omit<StepReport, 'step' | 'startedAt' | 'durationMs'>): StepReport => {
       const full = { step: step.name, startedAt: new Date(started).toISOString(), durationMs: Date.now() - started, ...r };
       reports.set(step.name, full);
       opts.onReport?.(full);
+      ready.get(step.name)!.resolve(full);
       return full;
     };
     const log = opts.log.child({ step: step.name });
@@ -193,6 +201,10 @@ export async function runSteps(steps: readonly Step[], opts: RunOptions): Promis
         } catch (err) {
           if (deadline.signal.aborted) throw deadline.signal.reason;
           if (!isTransient(err) || attempt >= retry.attempts) throw err;
+          if (err instanceof PartialStepError && !outputs.has(step.name)) {
+            outputs.set(step.name, err.outputs);
+            ready.get(step.name)!.resolve({ step: step.name, outcome: 'failed', changes: [], error: message(err), startedAt: new Date(started).toISOString(), durationMs: Date.now() - started, attempts: attempt });
+          }
           const wait = Math.max(retryAfterMs(err) ?? 0, backoffMs(attempt, retry));
           log.warn({ attempt, retryInMs: wait, err: message(err) }, `${step.name}: attempt ${attempt} failed (${message(err)}); retrying in ${wait} ms`);
           await sleep(wait, deadline.signal);

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { homedir } from 'node:os';
 import type { StepReport } from './run.ts';
 import { isWrite } from '../steps/types.ts';
+import { scrub } from '../secret.ts';
 
 export interface StepState {
   outcome: StepReport['outcome'];
@@ -53,7 +54,8 @@ export function recordRun(stateDir: string, mode: string, startedAt: number, rep
   };
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const file = join(stateDir, 'state.json');
-  writeFileSync(`${file}.tmp`, JSON.stringify(state, null, 2) + '\n', { mode: 0o600 });
+  // Scrubbed as a whole: the file outlives the run, and `status` prints it.
+  writeFileSync(`${file}.tmp`, scrub(JSON.stringify(state, null, 2)) + '\n', { mode: 0o600 });
   renameSync(`${file}.tmp`, file);
   return state;
 }

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { FileReadError, readRegularFile } from '../read-file.ts';
 import { z } from 'zod';
 import { settingsSchema, type Settings } from './schema.ts';
 import { hostFqdn, ipToInt } from './names.ts';
@@ -112,19 +112,99 @@ export function parseSettings(input: unknown, source = 'settings'): Settings {
   return result.data;
 }
 
+/** Largest settings file read: a homelab's settings are a few KiB; /dev/zero must not fill memory. */
+export const MAX_SETTINGS_BYTES = 1024 * 1024;
+
+/**
+ * Where JSON.parse stopped, as "line L, column C". V8 says so for most errors but not for an
+ * unexpected token, and its own message quotes the text (which may be a token file passed by
+ * mistake), so the position is found here and the message is never passed on.
+ */
+export function jsonErrorPosition(text: string, v8Message: string): string {
+  const m = /line (\d+) column (\d+)/.exec(v8Message);
+  if (m) return `line ${m[1]}, column ${m[2]}`;
+  const at = /^Unexpected end/.test(v8Message) ? text.length : firstBadOffset(text);
+  const before = text.slice(0, at);
+  const line = before.split('\n').length;
+  return `line ${line}, column ${at - before.lastIndexOf('\n')}`;
+}
+
+/** Offset of the first character that cannot continue a JSON text (a minimal recursive descent). */
+function firstBadOffset(t: string): number {
+  let i = 0;
+  const ws = () => {
+    while (i < t.length && ' \t\r\n'.includes(t[i]!)) i++;
+  };
+  const fail = (): never => {
+    throw i;
+  };
+  const lit = (w: string) => (t.startsWith(w, i) ? (i += w.length) : fail());
+  const str = () => {
+    i++;
+    while (i < t.length && t[i] !== '"') {
+      if (t.charCodeAt(i) < 0x20) fail();
+      i += t[i] === '\\' ? 2 : 1;
+    }
+    if (i >= t.length) fail();
+    i++;
+  };
+  const value = (): void => {
+    ws();
+    const c = t[i];
+    if (c === '{' || c === '[') {
+      const close = c === '{' ? '}' : ']';
+      i++;
+      ws();
+      if (t[i] === close) return void i++;
+      for (;;) {
+        if (c === '{') {
+          ws();
+          if (t[i] !== '"') fail();
+          str();
+          ws();
+          if (t[i] !== ':') fail();
+          i++;
+        }
+        value();
+        ws();
+        if (t[i] === ',') i++;
+        else if (t[i] === close) return void i++;
+        else fail();
+      }
+    }
+    if (c === '"') return str();
+    if (c === 't') return void lit('true');
+    if (c === 'f') return void lit('false');
+    if (c === 'n') return void lit('null');
+    const num = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(t.slice(i));
+    if (!num) fail();
+    i += num![0].length;
+  };
+  try {
+    value();
+    ws();
+    if (i < t.length) fail();
+  } catch (at) {
+    if (typeof at === 'number') return Math.min(at, t.length);
+    throw at;
+  }
+  return t.length;
+}
+
 export function loadSettings(file: string): Settings {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = readRegularFile(file, MAX_SETTINGS_BYTES);
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new SettingsError(file, [`cannot read the settings file (${code ?? 'error'}); pass an existing JSON file with --config`]);
+    if (!(e instanceof FileReadError)) throw e;
+    throw new SettingsError(file, [`the settings file ${e.reason}; pass a JSON file with --config`]);
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new SettingsError(file, [`not valid JSON: ${(e as Error).message}`]);
+    // Position only, never the bytes: a credential passed as --config by mistake must not be printed.
+    throw new SettingsError(file, [`not valid JSON at ${jsonErrorPosition(text, (e as Error).message)}; --config takes the JSON settings file`]);
   }
   return parseSettings(json, file);
 }

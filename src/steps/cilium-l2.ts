@@ -1,7 +1,7 @@
 // The LB IPAM pool and the L2 announcement policy: server-side applied with one field manager,
 // written only when they differ, and the daemon's own (labelled) pools and policies that
 // settings no longer name are pruned. Objects without the label are never touched.
-import { applyDiff, OWNER_LABEL } from '../adapters/kube.ts';
+import { applyDiff, describeTakeovers, OWNER_LABEL, takeovers } from '../adapters/kube.ts';
 import { desiredL2, l2ApiVersions, type L2Desired } from '../desired/l2.ts';
 import type { Settings } from '../settings/schema.ts';
 import type { Change, KubeObject, Outputs, Rendered, Step, StepContext } from './types.ts';
@@ -20,7 +20,9 @@ const target = (o: KubeObject) => `${o.kind} ${o.metadata.name}`;
 function objectChange(want: KubeObject, have: KubeObject | undefined): Change {
   const diff = applyDiff(want, have);
   if (!have) return { action: 'create', target: target(want), diff };
-  return diff.length ? { action: 'update', target: target(want), diff } : { action: 'noop', target: target(want) };
+  if (diff.length === 0) return { action: 'noop', target: target(want) };
+  const taken = takeovers(want, have);
+  return { action: 'update', target: target(want), diff, ...(taken.length > 0 ? { detail: describeTakeovers(taken) } : {}) };
 }
 
 export const ciliumL2Step: Step<L2Desired, CiliumL2Have> = {
@@ -55,13 +57,13 @@ export const ciliumL2Step: Step<L2Desired, CiliumL2Have> = {
       ...have.stalePolicies.map((n): Change => ({ action: 'delete', target: `${want.policy.kind} ${n}`, detail: 'made by homelab-bootstrap and no longer in settings' })),
     ];
   },
-  async change(ctx: StepContext, changes: Change[], want: L2Desired): Promise<Outputs> {
+  async change(ctx: StepContext, changes: Change[], want: L2Desired, have: CiliumL2Have): Promise<Outputs> {
     const kube = ctx.adapters.kube;
     for (const c of changes) {
       const obj = [want.pool, want.policy].find((o) => target(o) === c.target);
       if ((c.action === 'create' || c.action === 'update') && obj) {
         // force: these objects are the daemon's; settings are their source of truth.
-        await kube.apply(obj, { force: true });
+        await kube.apply(obj, { force: true, current: obj === want.pool ? have.pool : have.policy });
       } else if (c.action === 'delete') {
         const [kind, name] = c.target.split(' ') as [string, string];
         const apiVersion = kind === want.pool.kind ? want.pool.apiVersion : want.policy.apiVersion;

@@ -8,6 +8,7 @@ import { parseSettings } from '../settings/load.ts';
 import type { CredentialName, Credentials } from '../credentials.ts';
 import { parseAgeIdentities } from '../agekey.ts';
 import { warnLeftovers } from '../doctor/doctor.ts';
+import { READYZ_TIMEOUT_MS } from '../adapters/kube.ts';
 import type { Change, Outputs, Step, StepContext } from './types.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -26,6 +27,13 @@ export interface PreflightHave {
 export interface PreflightOptions {
   /** How long to wait for /readyz in all (k3s start on a slow disk takes a minute or two). */
   readyzWaitMs?: number;
+  /**
+   * How long a server that accepts connections but never answers is waited for. A starting k3s
+   * refuses connections or answers "not ready" at once; silence past this bound is a hung
+   * apiserver (or a proxy swallowing requests), and waiting the full readyzWaitMs would only
+   * hold back the error.
+   */
+  unansweredWaitMs?: number;
   /** First pause between /readyz tries; doubles up to readyzMaxDelayMs. */
   readyzDelayMs?: number;
   readyzMaxDelayMs?: number;
@@ -54,8 +62,10 @@ export async function warnIfExposed(credentials: Credentials, name: CredentialNa
 export async function waitReadyz(ctx: StepContext, opts: Required<PreflightOptions>): Promise<number> {
   const kube = ctx.adapters.kube;
   const deadline = performance.now() + opts.readyzWaitMs;
+  const started = performance.now();
   let delay = opts.readyzDelayMs;
   let last = '';
+  let answered = false;
   for (let attempt = 1; ; attempt++) {
     ctx.progress('waiting for the API server /readyz');
     const status = await kube.readyzStatus(ctx.signal);
@@ -64,11 +74,18 @@ export async function waitReadyz(ctx: StepContext, opts: Required<PreflightOptio
       return attempt;
     }
     last = status.detail;
+    answered ||= !status.unanswered;
+    const pause = Math.min(delay, Math.max(0, deadline - performance.now()));
+    // Given up before a try that would end past the bound, so the bound holds as said.
+    if (!answered && performance.now() - started + pause + READYZ_TIMEOUT_MS > opts.unansweredWaitMs) {
+      throw new Error(
+        `API server ${kube.server} accepts connections but answered none of ${attempt} /readyz tries in ${Math.round((performance.now() - started) / 1000)} s (kubeconfig ${kube.kubeconfigPath}); is the apiserver hung, or is a proxy or firewall swallowing requests?`,
+      );
+    }
     const left = deadline - performance.now();
     if (left <= 0) {
       throw new Error(`API server ${kube.server} not ready after ${Math.round(opts.readyzWaitMs / 1000)} s (${attempt} tries; last: ${last}); is k3s running?`);
     }
-    const pause = Math.min(delay, left);
     ctx.log.info({ server: kube.server, attempt, detail: last, retryInMs: Math.round(pause) }, `waiting for the API server /readyz (k3s starting?): ${last}`);
     await sleep(pause, undefined, { signal: ctx.signal });
     delay = Math.min(delay * 2, opts.readyzMaxDelayMs);
@@ -76,7 +93,7 @@ export async function waitReadyz(ctx: StepContext, opts: Required<PreflightOptio
 }
 
 export function makePreflightStep(options: PreflightOptions = {}): Step<PreflightWant, PreflightHave> {
-  const opts: Required<PreflightOptions> = { readyzWaitMs: 180_000, readyzDelayMs: 500, readyzMaxDelayMs: 5_000, ...options };
+  const opts: Required<PreflightOptions> = { readyzWaitMs: 180_000, unansweredWaitMs: 60_000, readyzDelayMs: 500, readyzMaxDelayMs: 5_000, ...options };
   return {
     name: 'preflight',
     needs: [],

@@ -1,6 +1,6 @@
 // The hand-over: the root ApplicationSet, server-side applied (its CRD is too large for
 // client-side apply) once the ApplicationSet CRD is Established. From here git owns the rest.
-import { applyDiff } from '../adapters/kube.ts';
+import { applyDiff, describeTakeovers, takeovers } from '../adapters/kube.ts';
 import { APPSET_CRD, desiredAppSet } from '../desired/appset.ts';
 import type { Settings } from '../settings/schema.ts';
 import type { Change, KubeObject, Rendered, Step, StepContext } from './types.ts';
@@ -39,10 +39,14 @@ export function makeRootAppsetStep(options: RootAppsetOptions = {}): Step<KubeOb
       if (!have.served) out.push({ action: 'wait', target: `CRD ${APPSET_CRD}`, detail: 'the argocd chart installs it' });
       const diff = applyDiff(want, have.current);
       if (!have.current) out.push({ action: 'create', target: target(want), diff });
-      else out.push(diff.length ? { action: 'update', target: target(want), diff } : { action: 'noop', target: target(want) });
+      else if (diff.length === 0) out.push({ action: 'noop', target: target(want) });
+      else {
+        const taken = takeovers(want, have.current);
+        out.push({ action: 'update', target: target(want), diff, ...(taken.length > 0 ? { detail: describeTakeovers(taken) } : {}) });
+      }
       return out;
     },
-    async change(ctx: StepContext, changes: Change[], want: KubeObject): Promise<void> {
+    async change(ctx: StepContext, changes: Change[], want: KubeObject, have: RootAppsetHave): Promise<void> {
       const kube = ctx.adapters.kube;
       if (changes.some((c) => c.action === 'wait')) {
         await kube.waitCrdsEstablished([APPSET_CRD], {
@@ -55,7 +59,7 @@ export function makeRootAppsetStep(options: RootAppsetOptions = {}): Step<KubeOb
         });
         await kube.waitServed(want.apiVersion, want.kind, { timeoutMs: 15_000, signal: ctx.signal });
       }
-      if (changes.some((c) => c.action === 'create' || c.action === 'update')) await kube.apply(want, { force: true });
+      if (changes.some((c) => c.action === 'create' || c.action === 'update')) await kube.apply(want, { force: true, current: have.current });
     },
     rendered(want: KubeObject): Partial<Rendered> {
       return { objects: [want] };

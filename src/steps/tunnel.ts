@@ -9,7 +9,7 @@
 // PartialStepError that carries the outputs (see the class).
 import { PartialStepError } from '../engine/errors.ts';
 import type { Change, KubeObject, Outputs, Step, StepContext } from './types.ts';
-import { OWNER_LABEL } from '../adapters/kube.ts';
+import { describeTakeovers, OWNER_LABEL, takeovers } from '../adapters/kube.ts';
 import { oldestTunnel, type Tunnel, type TunnelConfig } from '../adapters/cloudflare.ts';
 import { connectorNote, desiredTunnel, EXPECTED_CONNECTORS, ingressDiff, otherTunnelNote, tokenIsFor, TUNNEL_SECRET, type TunnelWant } from '../desired/tunnel.ts';
 import { Secret } from '../secret.ts';
@@ -17,7 +17,7 @@ import { Secret } from '../secret.ts';
 export { PartialStepError };
 
 export type SecretState =
-  | { known: true; exists: boolean; matches: boolean; namespaceExists: boolean }
+  | { known: true; exists: boolean; matches: boolean; namespaceExists: boolean; object?: KubeObject; detail?: string }
   | { known: false; error: string; cause?: unknown };
 
 export interface TunnelHave {
@@ -33,7 +33,7 @@ export interface TunnelHave {
   secret: SecretState;
 }
 
-type SecretRead = { known: true; exists: boolean; namespaceExists: boolean; stored: Secret | undefined } | { known: false; error: string; cause?: unknown };
+type SecretRead = { known: true; exists: boolean; namespaceExists: boolean; stored: Secret | undefined; object?: KubeObject } | { known: false; error: string; cause?: unknown };
 
 const changeKey = (c: Change): string => `${c.action} ${c.target}`;
 const message = (e: unknown): string => (e instanceof Error ? e.message : String(e));
@@ -63,7 +63,7 @@ async function readSecret(ctx: StepContext): Promise<SecretRead> {
       return { known: true, exists: false, namespaceExists: ns !== undefined, stored: undefined };
     }
     const data = (obj.data as Record<string, string> | undefined)?.[TUNNEL_SECRET.key];
-    return { known: true, exists: true, namespaceExists: true, stored: data === undefined ? undefined : new Secret(Buffer.from(data, 'base64').toString('utf8')) };
+    return { known: true, exists: true, namespaceExists: true, object: obj, stored: data === undefined ? undefined : new Secret(Buffer.from(data, 'base64').toString('utf8')) };
   } catch (e) {
     return { known: false, error: message(e), cause: e };
   }
@@ -111,7 +111,9 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
           matches = sameToken(token, read.stored);
         }
       }
-      secret = { known: true, exists: read.exists, matches, namespaceExists: read.namespaceExists };
+      // Made by hand before the first run, or edited since (kubectl create/apply/patch/edit): say whose change the write overwrites.
+      const taken = token && read.object && !matches ? takeovers(secretObject(token), read.object) : [];
+      secret = { known: true, exists: read.exists, matches, namespaceExists: read.namespaceExists, ...(read.object ? { object: read.object } : {}), ...(taken.length > 0 ? { detail: describeTakeovers(taken) } : {}) };
     }
     return { tunnel, duplicates, others, config, token, secret };
   },
@@ -141,7 +143,7 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
       if (!s.namespaceExists) out.push({ action: 'create', target: namespaceTarget });
       out.push({ action: 'create', target: secretTarget, diff: [{ path: `$.data.${TUNNEL_SECRET.key}`, to: '[redacted]' }] });
     } else if (!t || !s.matches) {
-      out.push({ action: 'update', target: secretTarget, diff: [{ path: `$.data.${TUNNEL_SECRET.key}`, from: '[redacted]', to: '[redacted]' }] });
+      out.push({ action: 'update', target: secretTarget, diff: [{ path: `$.data.${TUNNEL_SECRET.key}`, from: '[redacted]', to: '[redacted]' }], ...(s.known && s.detail ? { detail: s.detail } : {}) });
     } else {
       out.push({ action: 'noop', target: secretTarget });
     }
@@ -182,7 +184,8 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
         await kube.apply({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: TUNNEL_SECRET.namespace, labels: { ...OWNER_LABEL } } });
         ctx.log.info(`created ${namespaceTarget}`);
       }
-      await kube.apply(secretObject(token));
+      // force: the Secret is the daemon's; a hand-made or edited copy must not block it forever (409).
+      await kube.apply(secretObject(token), { force: true, current: s.object });
       ctx.log.info(`${s.exists ? 'updated' : 'created'} ${secretTarget} (token of tunnel ${want.name})`);
     } catch (e) {
       throw new PartialStepError(`tunnel ${want.name} (${tunnel.id}) is in place, but ${secretTarget} was not written: ${message(e)}`, outputs, e);

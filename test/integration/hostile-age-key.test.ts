@@ -281,7 +281,7 @@ const HOSTILE: Hostile[] = [
       symlinkSync('/dev/zero', p);
       return { path: p, secrets: [] };
     },
-    expect: /is larger than 1024 KiB/,
+    expect: /is a character device, not a regular file; it cannot be the age-key \(wrong path\?\)/,
   },
 ];
 

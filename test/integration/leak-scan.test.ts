@@ -3,7 +3,10 @@
 // search for those secrets everywhere a secret must never end up: every log line, the state
 // file, the settings file, the argv and environment of every process the CLI started (helm
 // included, sampled from /proc every ~20 ms while it ran), Kubernetes Events, ConfigMaps, the
-// helm releases' stored values, and the apiserver's audit log.
+// helm releases' stored values, and the apiserver's audit log. Then the same with a token file
+// that has a second line (an HTTP client would quote that whole header, token included, in its
+// error): apply, plan and status, their stdout and stderr, the state file and the systemd status
+// lines (a stand-in systemd-notify records them) must not carry it either.
 //
 // The age key does legitimately live in Secret argocd/sops-age-key (and the tunnel token in
 // cloudflared/tunnel-token): Secret data is not scanned. A secret committed under test/ is fine;
@@ -12,7 +15,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
@@ -54,6 +57,10 @@ interface CliRun {
 const runs: CliRun[] = [];
 /** `check-repo` and `doctor`, run with the same secrets in reach. */
 const checkRuns: CliRun[] = [];
+/** plan, apply and status with the two-line token file: every output path. */
+const badTokenRuns: { what: string; run: CliRun }[] = [];
+let notifyLog: string;
+let badStateDir: string;
 
 function readProc(pid: number, what: string): string | undefined {
   try {
@@ -186,6 +193,24 @@ before(async () => {
   encryptInto(repo, 'manifests/argocd-homelab/apps/echo-server/secrets.enc.yaml', secretYaml('echo', { token: value }), [other.recipient]);
   checkRuns.push(await runCli(['check-repo', '--config', config, '--repo', repo], env));
   checkRuns.push(await runCli(['doctor', '--config', config], env));
+  // A token file with a second line, as an editor or `echo >>` leaves it.
+  const second = randomBytes(16).toString('hex');
+  secrets.set('the second line of the token file', second);
+  const badTokenFile = join(dir, 'cloudflare-token-two-lines');
+  writeFileSync(badTokenFile, `${token}\n${second}\n`, { mode: 0o600 });
+  const badConfig = join(dir, 'homelab-two-line-token.json');
+  writeFileSync(badConfig, JSON.stringify(demoSettings({ kubeconfig: cp.kubeconfigPath, ageKeyFile, tokenFile: badTokenFile, apiBaseUrl: emu.baseUrl, accountId }), null, 2));
+  badStateDir = join(dir, 'state-two-line-token');
+  // systemd's status line: a stand-in systemd-notify on PATH records every --status it is given.
+  const fakeBin = join(dir, 'fake-bin');
+  notifyLog = join(dir, 'notify.log');
+  mkdirSync(fakeBin);
+  writeFileSync(join(fakeBin, 'systemd-notify'), `#!/bin/sh\nprintf '%s\\n' "$*" >> '${notifyLog}'\n`, { mode: 0o755 });
+  const notifyEnv = { ...env, PATH: `${fakeBin}:${env.PATH}`, NOTIFY_SOCKET: join(dir, 'notify.sock') };
+  for (const what of ['apply', 'plan'] as const) {
+    badTokenRuns.push({ what, run: await runCli([what, '--config', badConfig, '--state-dir', badStateDir], notifyEnv) });
+  }
+  badTokenRuns.push({ what: 'status', run: await runCli(['status', '--state-dir', badStateDir], notifyEnv) });
 });
 
 after(async () => {
@@ -268,4 +293,24 @@ test('the apiserver audit log holds no secret', () => {
   const audit = readFileSync(cp.auditLogPath, 'utf8');
   assert.ok(audit.includes('"verb":"patch"'), 'the audit log shows no writes: nothing was scanned');
   assertClean('the audit log', audit);
+});
+
+test('a token file with a second line: apply, plan and status fail with the file named, and no output path carries the token', () => {
+  const [apply, plan, status] = badTokenRuns.map((r) => r.run);
+  const named = /cloudflare-api-token credential \S+cloudflare-token-two-lines \(\$\.cloudflare\.apiTokenFile\) holds 2 lines; it must hold the API token alone, on one line/;
+  assert.equal(apply!.code, 1, apply!.output.slice(-2000));
+  assert.match(apply!.output, named);
+  // The summary on stdout carries the step error.
+  assert.match(apply!.output, /tunnel +failed +0 +[\d.]+s +cloudflare-api-token credential/);
+  assert.equal(plan!.code, 1);
+  assert.match(plan!.output, /tunnel: failed: cloudflare-api-token credential/);
+  assert.match(status!.output, /tunnel +failed .*holds 2 lines/);
+  const state = readFileSync(join(badStateDir, 'state.json'), 'utf8');
+  assert.match(state, /holds 2 lines/);
+  assert.ok(existsSync(notifyLog), 'no systemd status line was recorded');
+  const notify = readFileSync(notifyLog, 'utf8');
+  assert.match(notify, /--status=tunnel: failed/);
+  for (const { what, run } of badTokenRuns) for (const [n, line] of run.output.split('\n').entries()) assertClean(`${what} (two-line token) output line ${n + 1}`, line);
+  assertClean('state.json (two-line token)', state);
+  assertClean('the systemd status lines', notify);
 });

@@ -7,7 +7,6 @@ import { spawnSync } from 'node:child_process';
 import { pino } from 'pino';
 import { runSteps, backoffMs, checkGraph, type RunOptions } from '../../src/engine/run.ts';
 import { TransientError } from '../../src/engine/errors.ts';
-import { acquireLock, LockHeldError } from '../../src/engine/lock.ts';
 import { parseSettings } from '../../src/settings/load.ts';
 import type { Change, Step, StepContext, StepName } from '../../src/steps/types.ts';
 
@@ -188,25 +187,6 @@ test('backoff grows exponentially with jitter and a cap', () => {
   assert.equal(backoffMs(9, p, () => 1), 1000);
 });
 
-test('the lock keeps a second run out and a dead holder does not block', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'hb-lock-'));
-  const release = acquireLock(dir);
-  assert.throws(() => acquireLock(dir), (e) => e instanceof LockHeldError && /another run \(pid \d+/.test(e.message));
-  release();
-  assert.ok(!existsSync(join(dir, 'run.lock')));
-  // A run killed with SIGKILL leaves its file behind; its pid is gone.
-  const dead = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' });
-  writeFileSync(join(dir, 'run.lock'), JSON.stringify({ pid: Number(dead.stdout.trim()), since: 'earlier' }));
-  const again = acquireLock(dir);
-  again();
-});
-
-test('a lock left by a previous boot is stale even if its pid is alive now', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'hb-lock-'));
-  writeFileSync(join(dir, 'run.lock'), JSON.stringify({ pid: process.pid, boot: 'another-boot', since: 'yesterday' }));
-  acquireLock(dir)();
-});
-
 test('a step that fails after publishing its outputs still lets its dependents run', async () => {
   const { PartialStepError } = await import('../../src/engine/errors.ts');
   const events: string[] = [];
@@ -251,4 +231,40 @@ test('a standing conflict is reported, not failed, and takes no Lease when it is
   const [mixed] = await runSteps([conflictStep([conflict, { action: 'create', target: 'DNS A radarr.example.org (zone example.org)' }])], options('apply', { beforeWrite }));
   assert.equal(mixed!.outcome, 'conflict');
   assert.deepEqual(leases, ['dns'], 'a write beside the conflict takes the Lease');
+});
+
+test('a PartialStepError that is retried hands its outputs on at once: dependents do not wait for the retries', async () => {
+  const { PartialStepError, TransientError } = await import('../../src/engine/errors.ts');
+  const events: string[] = [];
+  let dnsDone = false;
+  const steps = fakeSteps(
+    [
+      {
+        name: 'tunnel',
+        behave: async (attempt) => {
+          // Retried while the cluster is away; dns must have finished before the last attempt.
+          if (attempt === 3) events.push(`tunnel attempt 3 dns done=${dnsDone}`);
+          throw new PartialStepError('secret not written', { tunnelId: 't-7' }, new TransientError('ECONNREFUSED'));
+        },
+      },
+      { name: 'dns', needs: ['tunnel'], pending: create, out: {} },
+    ],
+    events,
+  );
+  const reports = await runSteps(steps, options('apply', { retry: { attempts: 3, baseMs: 200, maxMs: 200 }, onReport: (r) => void (r.step === 'dns' && (dnsDone = true)) }));
+  assert.equal(reports[0]!.outcome, 'failed');
+  assert.equal(reports[0]!.attempts, 3);
+  assert.equal(reports[1]!.outcome, 'changed');
+  assert.ok(events.includes('change dns upstream={"tunnelId":"t-7"}'));
+  assert.ok(events.includes('tunnel attempt 3 dns done=true'), events.join(' | '));
+});
+
+test('an error text that quotes a secret is scrubbed in the report (summary, plan, state file all read it)', async () => {
+  const { Secret } = await import('../../src/secret.ts');
+  const token = 'tok-3f9a1c77e0b24d5e\nsecond-line-9b8c7d6e';
+  new Secret(token);
+  const steps = fakeSteps([{ name: 'tunnel', behave: () => { throw new TypeError(`Headers.append: "Bearer ${token}" is an invalid header value.`); } }], []);
+  const [r] = await runSteps(steps, options());
+  assert.equal(r!.outcome, 'failed');
+  assert.equal(r!.error, 'Headers.append: "Bearer [REDACTED]" is an invalid header value.');
 });

@@ -2,7 +2,7 @@
 // understands. (Requests themselves are tested against a real apiserver in test/integration.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { apiError, crdEstablished, KubeApiError, OWNER_SELECTOR } from '../../src/adapters/kube.ts';
+import { apiError, crdEstablished, describeTakeovers, KubeApiError, OWNER_SELECTOR, takeovers } from '../../src/adapters/kube.ts';
 import { isTransient, retryAfterMs, TransientError } from '../../src/engine/errors.ts';
 
 const status = (code: number, reason: string, message: string) => JSON.stringify({ kind: 'Status', apiVersion: 'v1', status: 'Failure', code, reason, message });
@@ -56,4 +56,33 @@ test('crdEstablished reads the Established condition and says why not', () => {
 
 test('the owner selector matches the owner label', () => {
   assert.equal(OWNER_SELECTOR, 'app.kubernetes.io/managed-by=homelab-bootstrap');
+});
+
+test('takeovers(): the fields a forced apply takes from another manager, as the plan and the log name them', () => {
+  const want = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'tunnel-token', namespace: 'cloudflared', labels: { 'app.kubernetes.io/managed-by': 'homelab-bootstrap' } }, type: 'Opaque', data: { token: 'bmV3' } };
+  const have = {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: {
+      name: 'tunnel-token',
+      namespace: 'cloudflared',
+      managedFields: [
+        { manager: 'kubectl-create', operation: 'Update', fieldsType: 'FieldsV1', fieldsV1: { 'f:data': { '.': {}, 'f:token': {} }, 'f:type': {} } },
+        { manager: 'homelab-bootstrap', operation: 'Apply', fieldsType: 'FieldsV1', fieldsV1: { 'f:metadata': { 'f:labels': { 'f:app.kubernetes.io/managed-by': {} } } } },
+      ],
+    },
+    type: 'Opaque',
+    data: { token: 'b2xk' },
+  };
+  const taken = takeovers(want, have);
+  // type is the same value (shared, no conflict); the token differs; our own entry is not a takeover.
+  assert.deepEqual(taken, [{ manager: 'kubectl-create', operation: 'Update', paths: ['$.data.token'] }]);
+  assert.equal(describeTakeovers(taken), 'overwrites the change of kubectl-create (Update) to $.data.token: the daemon owns this object');
+  assert.deepEqual(takeovers(want, { ...have, data: { token: 'bmV3' } }), []);
+  // A manager left owning only the presence of data (".") after a takeover is not a takeover again.
+  const after = { ...have, metadata: { ...have.metadata, managedFields: [{ manager: 'kubectl-client-side-apply', operation: 'Update', fieldsType: 'FieldsV1', fieldsV1: { 'f:data': { '.': {} } } }] } };
+  assert.deepEqual(takeovers(want, after), []);
+  // ...nor one owning the map as a member ("f:data": {}), as the apiserver leaves it.
+  assert.deepEqual(takeovers(want, { ...after, metadata: { ...after.metadata, managedFields: [{ ...after.metadata.managedFields[0]!, fieldsV1: { 'f:data': {} } }] } }), []);
+  assert.deepEqual(takeovers(want, undefined), []);
 });
