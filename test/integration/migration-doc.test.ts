@@ -89,6 +89,7 @@ describe('docs/migration.md, as written', () => {
       'grafana-password',
       'host-recipient',
       'new-api-token',
+      'plex-claim',
       'wipe',
     ]);
   });
@@ -102,7 +103,7 @@ describe('docs/migration.md, as written', () => {
   it('check-repo refuses the shipped tree: its secrets are the example key\'s', async () => {
     const r = await run('check-repo');
     assert.equal(r.code, 1, r.stdout + r.stderr);
-    for (const f of ['media/transmission', 'infra/monitoring']) {
+    for (const f of ['media/transmission', 'infra/grafana-admin', 'media/plex']) {
       assert.match(r.stdout, new RegExp(`^k8s/argocd-homelab/${f}/secrets\\.enc\\.yaml: is encrypted to the shipped example key`, 'm'));
     }
   });
@@ -124,13 +125,21 @@ describe('docs/migration.md, as written', () => {
   it('the Grafana admin login: generated and encrypted', async () => {
     const r = await run('grafana-admin');
     assert.equal(r.code, 0, r.stderr);
-    const plain = sops(['decrypt', 'k8s/argocd-homelab/infra/monitoring/secrets.enc.yaml'], host.file);
+    const plain = sops(['decrypt', 'k8s/argocd-homelab/infra/grafana-admin/secrets.enc.yaml'], host.file);
     assert.match(plain, /^ {4}namespace: monitoring$/m);
     assert.match(plain, /^ {4}admin-password: \S{20,}$/m);
     const back = await run('grafana-password');
     assert.equal(back.code, 0, back.stderr);
     assert.match(back.stdout, /^[A-Za-z0-9+/]{32}$/);
     runs.pop(); // this one prints a password by design: the user asked for it
+  });
+
+  it('the Plex claim: an empty Secret for a server whose config is kept (already claimed)', async () => {
+    const r = await run('plex-claim');
+    assert.equal(r.code, 0, r.stderr);
+    const plain = sops(['decrypt', 'k8s/argocd-homelab/media/plex/secrets.enc.yaml'], host.file);
+    assert.match(plain, /^ {4}name: plex-claim$/m);
+    assert.doesNotMatch(plain, /PLEX_CLAIM/, 'no example claim left');
   });
 
   it('the Cloudflare API token: into the host\'s sops-nix file, its other keys kept', async () => {
@@ -151,7 +160,7 @@ describe('docs/migration.md, as written', () => {
   it('check-repo passes on the tree with the user\'s secrets', async () => {
     const r = await run('check-repo');
     assert.equal(r.code, 0, r.stdout + r.stderr);
-    assert.match(r.stdout, /: 2 encrypted file\(s\) decrypt with the host key, 2 ksops generator\(s\) complete, 9 host\(s\) agree with the tree$/m);
+    assert.match(r.stdout, /: 3 encrypted file\(s\) decrypt with the host key, 3 ksops generator\(s\) complete, 10 host\(s\) agree with the tree$/m);
   });
 
   it('the Plex backup', async () => {
