@@ -124,6 +124,11 @@ const BUILTIN: Record<string, Record<string, ApiResource>> = {
     ConfigMap: { name: 'configmaps', kind: 'ConfigMap', namespaced: true },
     Service: { name: 'services', kind: 'Service', namespaced: true },
   },
+  'apps/v1': {
+    Deployment: { name: 'deployments', kind: 'Deployment', namespaced: true },
+    DaemonSet: { name: 'daemonsets', kind: 'DaemonSet', namespaced: true },
+    StatefulSet: { name: 'statefulsets', kind: 'StatefulSet', namespaced: true },
+  },
   'apiextensions.k8s.io/v1': { CustomResourceDefinition: { name: 'customresourcedefinitions', kind: 'CustomResourceDefinition', namespaced: false } },
   'coordination.k8s.io/v1': { Lease: { name: 'leases', kind: 'Lease', namespaced: true } },
 };
