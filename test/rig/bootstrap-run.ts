@@ -442,6 +442,9 @@ export async function endState(site: Pick<Site, 'cp' | 'emu'>): Promise<EndState
       for (const ns of WATCHED_NAMESPACES) {
         for (const o of await listItems(cp, `${path}/namespaces/${ns}/${r.name}`)) {
           if (r.name === 'secrets' && String(o.type) === 'helm.sh/release.v1') continue; // revisions differ after a recovery
+          // A hook's objects live from one hook run to the next (before-hook-creation): a rollback
+          // after a killed upgrade runs no pre-upgrade hook, so they may be gone where a clean run kept them.
+          if ((o.metadata.annotations as Record<string, string> | undefined)?.['helm.sh/hook']) continue;
           const n = normalise({ ...o, apiVersion: groupVersion, kind: r.kind }, tunnelIds);
           if (r.name === 'secrets' && n.data) for (const [k, v] of Object.entries(n.data as Record<string, string>)) if (tokens.has(v)) (n.data as Record<string, string>)[k] = tokens.get(v)!;
           objects[`${r.kind} ${ns}/${o.metadata.name}`] = n;
