@@ -6,115 +6,50 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { CloudflareEmulator, type Permission } from '../rig/cloudflare-emulator.ts';
-import { parseSettings } from '../../src/settings/load.ts';
-import type { Settings } from '../../src/settings/schema.ts';
-import { Credentials } from '../../src/credentials.ts';
-import { createAdapters, type Adapters } from '../../src/adapters/index.ts';
-import { CloudflareClient, type CloudflareClientOptions } from '../../src/adapters/cloudflare.ts';
+import { CF_ACCOUNT as ACCOUNT, CF_TOKEN as TOKEN, cfHarness, driveStep, example, stepContext, writesOf, type CfHarness, type Driven } from '../rig/cloudflare-harness.ts';
+import type { CloudflareClientOptions } from '../../src/adapters/cloudflare.ts';
 import { OWNER_LABEL } from '../../src/adapters/kube.ts';
-import { createLogger, type Logger } from '../../src/log.ts';
-import type { Change, KubeObject, Outputs, Step, StepContext } from '../../src/steps/types.ts';
+import type { KubeObject, Step } from '../../src/steps/types.ts';
 import { tunnelStep, PartialStepError } from '../../src/steps/tunnel.ts';
 import { dnsStep } from '../../src/steps/dns.ts';
 import { ConflictError, isTransient, retryAfterMs } from '../../src/engine/errors.ts';
 import { main, EXIT } from '../../src/cli.ts';
 import { runSteps } from '../../src/engine/run.ts';
 
-const TOKEN = 'cf-api-token-for-the-emulator-0123456789';
-const ACCOUNT = '0123456789abcdef0123456789abcdef';
 const ZONE = 'peterstorm.io';
 const LEGACY = 'managed-by=homelab-bootstrap';
 const MARKER = `${LEGACY} owner=homelab`;
 const INGRESS_SERVICE = 'http://cilium-ingress.kube-system.svc.cluster.local:80';
-const example = JSON.parse(readFileSync(new URL('../../examples/homelab.json', import.meta.url), 'utf8')) as Record<string, any>;
-// SPEC.md's nine hosts: the example's Hubble UI host is not one of them.
-example.hosts = example.hosts.filter((h: { name: string }) => h.name !== 'hubble');
 
 let cp: ControlPlane;
 let dir: string;
 let emu: CloudflareEmulator;
 
-interface Harness {
-  settings: Settings;
-  adapters: Adapters;
-  log: Logger;
-  lines: string[];
-}
+/** SPEC.md's nine hosts: the example's Hubble UI host is not one of them. */
+const spec9Hosts = (s: Record<string, any>) => void (s.hosts = s.hosts.filter((h: { name: string }) => h.name !== 'hubble'));
 
-function harness(mutate: (s: Record<string, any>) => void = () => {}, cfOpts?: CloudflareClientOptions): Harness {
-  const s = structuredClone(example);
-  s.kubeconfigFile = cp.kubeconfigPath;
-  s.cloudflare.apiTokenFile = join(dir, 'cf-token');
-  s.cloudflare.apiBaseUrl = emu.baseUrl;
-  s.cloudflare.accountId = ACCOUNT;
-  mutate(s);
-  const settings = parseSettings(s);
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk, _enc, cb) {
-      lines.push(String(chunk));
-      cb();
+function harness(mutate: (s: Record<string, any>) => void = () => {}, cfOpts?: CloudflareClientOptions): CfHarness {
+  return cfHarness(
+    cp,
+    emu,
+    dir,
+    (s) => {
+      spec9Hosts(s);
+      mutate(s);
     },
-  });
-  const log = createLogger({ level: 'debug', pretty: false, destination: sink });
-  const credentials = new Credentials(settings);
-  const base = createAdapters(settings, credentials, log);
-  const cloudflare = cfOpts ? new CloudflareClient(settings, credentials, log, cfOpts) : undefined;
-  const adapters: Adapters = cloudflare
-    ? {
-        get kube() {
-          return base.kube;
-        },
-        get helm() {
-          return base.helm;
-        },
-        cloudflare,
-      }
-    : base;
-  return { settings, adapters, log, lines };
-}
-
-function context(h: Harness, step: Step, upstream: Outputs, signal = new AbortController().signal): StepContext {
-  return { settings: h.settings, log: h.log.child({ step: step.name }), signal, credentials: new Credentials(h.settings), adapters: h.adapters, upstream, progress: () => {} };
-}
-
-interface Driven {
-  changes: Change[];
-  outputs: Outputs;
-  attempts: number;
-}
-
-/** One step as the engine runs it: retried while the error is transient, honouring retry-after. */
-async function drive(h: Harness, step: Step, upstream: Outputs = {}, attempts = 8): Promise<Driven> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      const ctx = context(h, step, upstream);
-      const want = step.want(h.settings, upstream);
-      const have = await step.have(ctx, want);
-      const changes = step.changes(want, have);
-      let outputs: Outputs = step.outputs?.(want, have) ?? {};
-      if (changes.some((c) => c.action !== 'noop')) outputs = { ...outputs, ...((await step.change(ctx, changes, want, have)) ?? {}) };
-      return { changes, outputs, attempts: attempt };
-    } catch (e) {
-      if (!isTransient(e) || attempt >= attempts) throw e;
-      await sleep(Math.min(retryAfterMs(e) ?? 100, 2000));
-    }
-  }
+    cfOpts,
+  );
 }
 
 /** tunnel, then dns with the tunnel's outputs. */
-async function converge(h: Harness): Promise<{ tunnel: Driven; dns: Driven }> {
-  const tunnel = await drive(h, tunnelStep);
-  const dns = await drive(h, dnsStep, tunnel.outputs);
+async function converge(h: CfHarness): Promise<{ tunnel: Driven; dns: Driven }> {
+  const tunnel = await driveStep(h, tunnelStep);
+  const dns = await driveStep(h, dnsStep, tunnel.outputs);
   return { tunnel, dns };
 }
-
-const writes = (changes: Change[]) => changes.filter((c) => c.action === 'create' || c.action === 'update' || c.action === 'delete');
 
 function zoneRecords() {
   return emu
@@ -138,7 +73,7 @@ function spec9(tunnelId: string) {
   ];
 }
 
-async function kubeGet(h: Harness, kind: string, name: string, ns?: string): Promise<KubeObject | undefined> {
+async function kubeGet(h: CfHarness, kind: string, name: string, ns?: string): Promise<KubeObject | undefined> {
   return h.adapters.kube.get('v1', kind, name, ns);
 }
 
@@ -209,7 +144,7 @@ describe('cold run, then a run with nothing to do', () => {
     assert.deepEqual(emu.writes(), [], 'no write calls to Cloudflare');
     // Tunnel list, configuration, zone, owned records: the token is not asked for while the Secret names this tunnel.
     assert.deepEqual(emu.countByMethod(), { GET: 4 });
-    assert.deepEqual(writes([...warm.tunnel.changes, ...warm.dns.changes]), []);
+    assert.deepEqual(writesOf([...warm.tunnel.changes, ...warm.dns.changes]), []);
     assert.deepEqual(warm.tunnel.outputs, { tunnelId: tunnel.id });
     const warmKube = await countRequests(cp, { since: mark2 });
     assert.equal(warmKube.writes, 0, `kube writes: ${JSON.stringify(warmKube.byResource)}`);
@@ -226,8 +161,8 @@ describe('cold run, then a run with nothing to do', () => {
     await h.adapters.kube.apply({ ...stale!, metadata: { name: 'tunnel-token', namespace: 'cloudflared', labels: { ...OWNER_LABEL } }, data: { token: Buffer.from('stale').toString('base64') } }, { force: true });
     const mark = await auditMark(cp);
     emu.resetLog();
-    const run = await drive(h, tunnelStep);
-    assert.deepEqual(writes(run.changes).map((c) => `${c.action} ${c.target}`), ['update Secret cloudflared/tunnel-token']);
+    const run = await driveStep(h, tunnelStep);
+    assert.deepEqual(writesOf(run.changes).map((c) => `${c.action} ${c.target}`), ['update Secret cloudflared/tunnel-token']);
     assert.deepEqual(run.changes.find((c) => c.action === 'update')?.diff, [{ path: '$.data.token', from: '[redacted]', to: '[redacted]' }]);
     assert.deepEqual(emu.writes(), []);
     assert.equal((await countRequests(cp, { since: mark })).writes, 1);
@@ -241,8 +176,8 @@ describe('cold run, then a run with nothing to do', () => {
     const t = [...emu.tunnels.values()][0]!;
     t.config = { ingress: [{ hostname: `echo-server.${ZONE}`, service: 'http://elsewhere:80', originRequest: { noTLSVerify: true } }, { service: 'http_status:404', originRequest: {} }] };
     emu.resetLog();
-    const run = await drive(h, tunnelStep);
-    assert.deepEqual(writes(run.changes).map((c) => c.target), ['Cloudflare tunnel homelab ingress']);
+    const run = await driveStep(h, tunnelStep);
+    assert.deepEqual(writesOf(run.changes).map((c) => c.target), ['Cloudflare tunnel homelab ingress']);
     assert.deepEqual(emu.writes().map((w) => w.method), ['PUT']);
     assert.deepEqual(emu.liveTunnels()[0]!.config?.ingress[0], { hostname: `echo-server.${ZONE}`, service: INGRESS_SERVICE, originRequest: {} });
   });
@@ -258,10 +193,10 @@ describe('records the daemon does not own', () => {
       emu.seedRecord(ZONE, { type: 'MX', name: ZONE, content: 'mail.example.net', priority: 10 }),
     ];
     const h = harness();
-    const tunnel = await drive(h, tunnelStep);
+    const tunnel = await driveStep(h, tunnelStep);
 
     // plan shows the conflicts
-    const ctx = context(h, dnsStep, tunnel.outputs);
+    const ctx = stepContext(h, dnsStep, tunnel.outputs);
     const want = dnsStep.want(h.settings, tunnel.outputs);
     const planned = dnsStep.changes(want, await dnsStep.have(ctx, want));
     assert.deepEqual(
@@ -271,7 +206,7 @@ describe('records the daemon does not own', () => {
     assert.match(planned.find((c) => c.target === `DNS A sonarr.${ZONE} (zone ${ZONE})`)!.detail!, /192\.168\.0\.10.*not created by homelab-bootstrap.*adopt/);
 
     // apply reports them as conflicts, and writes everything else
-    await assert.rejects(drive(h, dnsStep, tunnel.outputs), (e: Error) => {
+    await assert.rejects(driveStep(h, dnsStep, tunnel.outputs), (e: Error) => {
       assert.ok(e instanceof ConflictError);
       assert.match(e.message, /^2 DNS records not written because of a conflict/);
       assert.match(e.message, /sonarr\.peterstorm\.io: conflict/);
@@ -285,7 +220,7 @@ describe('records the daemon does not own', () => {
     // adopt on one host takes that record over explicitly; the other conflict stays
     const adopting = harness((s) => (s.hosts.find((x: { name: string }) => x.name === 'grafana').adopt = true));
     emu.resetLog();
-    await assert.rejects(drive(adopting, dnsStep, tunnel.outputs), /^ConflictError: 1 DNS record not written.*sonarr/);
+    await assert.rejects(driveStep(adopting, dnsStep, tunnel.outputs), /^ConflictError: 1 DNS record not written.*sonarr/);
     assert.deepEqual(emu.writes().map((w) => `${w.method} ${w.path}`), [`PUT /zones/${emu.zone(ZONE).id}/dns_records/${seeded[1]!.id}`]);
     const grafana = emu.records(ZONE).find((r) => r.id === seeded[1]!.id)!;
     assert.equal(grafana.comment, MARKER);
@@ -349,7 +284,7 @@ describe('a second zone served from the same tunnel', () => {
     );
     assertUntouched(SECOND, [theirs, mx]);
     assert.deepEqual(emu.liveTunnels()[0]!.config?.ingress.map((r) => r.hostname), [`echo-server.${ZONE}`, SECOND, `www.${SECOND}`, undefined]);
-    assert.ok(writes(run.dns.changes).some((c) => c.target === `DNS CNAME www.${SECOND} (zone ${SECOND})`));
+    assert.ok(writesOf(run.dns.changes).some((c) => c.target === `DNS CNAME www.${SECOND} (zone ${SECOND})`));
 
     emu.resetLog();
     await converge(h);
@@ -389,19 +324,19 @@ describe('a token that reaches one zone and not the other', () => {
         },
       },
     );
-    const tunnel = await drive(h, tunnelStep);
-    await assert.rejects(drive(h, dnsStep, tunnel.outputs), /Cloudflare refused creating DNS CNAME www\.storm\.example .*lacks the permission "Zone › DNS › Edit" on zone storm\.example;/);
+    const tunnel = await driveStep(h, tunnelStep);
+    await assert.rejects(driveStep(h, dnsStep, tunnel.outputs), /Cloudflare refused creating DNS CNAME www\.storm\.example .*lacks the permission "Zone › DNS › Edit" on zone storm\.example;/);
   });
 });
 
 describe('records made by hand, and notes', () => {
   it('a hand-made CNAME that already points at this tunnel is taken over without adopt; its comment becomes the note', async () => {
     const h = harness();
-    const tunnel = await drive(h, tunnelStep);
+    const tunnel = await driveStep(h, tunnelStep);
     const tunnelId = tunnel.outputs.tunnelId as string;
     const hand = emu.seedRecord(ZONE, { type: 'CNAME', name: 'echo-server', content: `${tunnelId}.cfargotunnel.com`, proxied: true, comment: 'made in the dashboard' });
     emu.resetLog();
-    const run = await drive(h, dnsStep, tunnel.outputs);
+    const run = await driveStep(h, dnsStep, tunnel.outputs);
     assert.match(run.changes.find((c) => c.target.startsWith('DNS CNAME'))!.detail!, /already points at this tunnel/);
     assert.deepEqual(emu.writes().filter((w) => w.method !== 'POST').map((w) => `${w.method} ${w.path}`), [`PUT /zones/${emu.zone(ZONE).id}/dns_records/${hand.id}`]);
     assert.equal(emu.records(ZONE).find((r) => r.id === hand.id)!.comment, `${MARKER} made in the dashboard`);
@@ -486,6 +421,7 @@ describe('a colliding record added by hand', () => {
     const second = emu.seedRecord(ZONE, { type: 'A', name: 'sonarr', content: '192.168.0.99' });
     const settingsFile = join(dir, 'collide.json');
     const s = structuredClone(example);
+    spec9Hosts(s);
     Object.assign(s, { kubeconfigFile: cp.kubeconfigPath });
     Object.assign(s.cloudflare, { apiTokenFile: join(dir, 'cf-token'), apiBaseUrl: emu.baseUrl, accountId: ACCOUNT });
     writeFileSync(settingsFile, JSON.stringify(s));
@@ -520,7 +456,7 @@ describe('a colliding record added by hand', () => {
 describe('adoption of external-dns records (cloudflare.adoptExternalDnsOwner)', () => {
   it("updates the old records in place and deletes only the named owner's registry TXT records on adopted names", async () => {
     const h0 = harness();
-    const tunnelId = (await drive(h0, tunnelStep)).outputs.tunnelId as string;
+    const tunnelId = (await driveStep(h0, tunnelStep)).outputs.tunnelId as string;
     const registry = (owner: string, res: string) => `"heritage=external-dns,external-dns/owner=${owner},external-dns/resource=ingress/${res}"`;
     const sonarr = emu.seedRecord(ZONE, { type: 'A', name: 'sonarr', content: '192.168.0.242', ttl: 300 });
     const echo = emu.seedRecord(ZONE, { type: 'CNAME', name: 'echo-server', content: 'old-lb.example.net', proxied: true });
@@ -539,7 +475,7 @@ describe('adoption of external-dns records (cloudflare.adoptExternalDnsOwner)', 
       s.cloudflare.adoptExternalDnsOwner = 'homelab';
     });
     emu.resetLog();
-    await drive(h, dnsStep, { tunnelId });
+    await driveStep(h, dnsStep, { tunnelId });
     const zid = emu.zone(ZONE).id;
     const w = emu.writes().map((x) => `${x.method} ${x.path}`);
     assert.ok(w.includes(`PUT /zones/${zid}/dns_records/${sonarr.id}`));
@@ -552,7 +488,7 @@ describe('adoption of external-dns records (cloudflare.adoptExternalDnsOwner)', 
     assertUntouched(ZONE, kept);
     for (const g of gone) assert.equal(now(g.id), undefined);
     emu.resetLog();
-    await drive(h, dnsStep, { tunnelId });
+    await driveStep(h, dnsStep, { tunnelId });
     assert.deepEqual(emu.writes(), []);
   });
 });
@@ -567,7 +503,7 @@ describe('a host removed from settings', () => {
     const fewer = harness((s) => (s.hosts = s.hosts.filter((x: { name: string }) => x.name !== 'transmission')));
     emu.resetLog();
     const run = await converge(fewer);
-    assert.deepEqual(writes([...run.tunnel.changes, ...run.dns.changes]).map((c) => `${c.action} ${c.target}`), [`delete DNS A transmission.${ZONE} → 192.168.0.240 (zone ${ZONE})`]);
+    assert.deepEqual(writesOf([...run.tunnel.changes, ...run.dns.changes]).map((c) => `${c.action} ${c.target}`), [`delete DNS A transmission.${ZONE} → 192.168.0.240 (zone ${ZONE})`]);
     assert.deepEqual(emu.writes().map((w) => `${w.method} ${w.path}`), [`DELETE /zones/${emu.zone(ZONE).id}/dns_records/${gone.id}`]);
     assert.deepEqual(emu.records(ZONE), before.filter((r) => r.id !== gone.id));
     assert.ok(emu.records(ZONE).some((r) => r.id === by.id));
@@ -593,7 +529,7 @@ describe('a host removed from settings', () => {
 
 describe('faults', () => {
   /** After any fault: exactly one tunnel, the nine records once each, and a following run writes nothing. */
-  async function assertConverged(h: Harness) {
+  async function assertConverged(h: CfHarness) {
     const tunnels = emu.liveTunnels();
     assert.equal(tunnels.length, 1, 'exactly one tunnel');
     assert.equal(emu.tunnels.size, 1, 'no tunnel was created and deleted again');
@@ -617,7 +553,7 @@ describe('faults', () => {
   it('a long retry-after is handed to the engine as TransientError.retryAfterMs instead of sleeping inside the call', async () => {
     const h = harness();
     emu.rateLimit(1, { retryAfterSeconds: 120 });
-    const ctx = context(h, tunnelStep, {});
+    const ctx = stepContext(h, tunnelStep, {});
     await assert.rejects(tunnelStep.have(ctx, tunnelStep.want(h.settings, {})), (e: unknown) => {
       assert.ok(isTransient(e));
       assert.equal(retryAfterMs(e), 120_000);
@@ -699,14 +635,14 @@ describe('credentials and permissions', () => {
     rendered: () => ({}),
   };
 
-  async function runEngine(h: Harness) {
+  async function runEngine(h: CfHarness) {
     await h.adapters.kube.delete('v1', 'ConfigMap', 'cluster-step-ran', 'default');
     return runSteps([clusterStep as Step, tunnelStep as Step, dnsStep as Step], {
       mode: 'apply',
       settings: h.settings,
       log: h.log,
       retry: { attempts: 2, baseMs: 10, maxMs: 20 },
-      context: (step, upstream, signal) => context(h, step, upstream, signal),
+      context: (step, upstream, signal) => stepContext(h, step, upstream, signal),
     });
   }
 
@@ -749,11 +685,11 @@ describe('credentials and permissions', () => {
   it('a token without Zone Read: the zone is "not found", and the error says why that may be', async () => {
     emu.setToken(TOKEN, ['dns:edit', 'tunnel:edit'] satisfies Permission[]);
     const h = harness();
-    const tunnel = await drive(h, tunnelStep);
-    await assert.rejects(drive(h, dnsStep, tunnel.outputs), /zone peterstorm\.io was not found in account .*"Zone › Zone › Read"/);
+    const tunnel = await driveStep(h, tunnelStep);
+    await assert.rejects(driveStep(h, dnsStep, tunnel.outputs), /zone peterstorm\.io was not found in account .*"Zone › Zone › Read"/);
     // A configured zone id needs no zone lookup, hence no Zone Read.
     const withId = harness((s) => (s.cloudflare.zoneId = emu.zone(ZONE).id));
-    await drive(withId, dnsStep, tunnel.outputs);
+    await driveStep(withId, dnsStep, tunnel.outputs);
     assert.equal(emu.records(ZONE).length, 9);
   });
 });
@@ -763,7 +699,7 @@ describe('the cluster is down', () => {
     const deadKubeconfig = join(dir, 'dead-kubeconfig');
     writeFileSync(deadKubeconfig, readFileSync(cp.kubeconfigPath, 'utf8').replace(/server: https:\/\/127\.0\.0\.1:\d+/, 'server: https://127.0.0.1:9'));
     const h = harness((s) => (s.kubeconfigFile = deadKubeconfig));
-    const err = await drive(h, tunnelStep, {}, 2).then(
+    const err = await driveStep(h, tunnelStep, {}, 2).then(
       () => assert.fail('the tunnel step succeeded without a cluster'),
       (e: unknown) => e,
     );
@@ -775,12 +711,12 @@ describe('the cluster is down', () => {
     assert.equal(emu.liveTunnels().length, 1, 'the retry did not create a second tunnel');
 
     // plan shows the Secret as waiting for the cluster
-    const ctx = context(h, tunnelStep, {});
+    const ctx = stepContext(h, tunnelStep, {});
     const want = tunnelStep.want(h.settings, {});
     const changes = tunnelStep.changes(want, await tunnelStep.have(ctx, want));
     assert.deepEqual(changes.map((c) => `${c.action} ${c.target}`), ['noop Cloudflare tunnel homelab', 'noop Cloudflare tunnel homelab ingress', 'wait Secret cloudflared/tunnel-token']);
 
-    await drive(h, dnsStep, err.outputs);
+    await driveStep(h, dnsStep, err.outputs);
     assert.deepEqual(zoneRecords(), spec9(tunnelId));
     assertNoSecrets(err.message + h.lines.join(''), emu.tunnelToken(tunnelId));
   });

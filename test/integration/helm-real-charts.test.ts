@@ -14,19 +14,18 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Writable } from 'node:stream';
 import { binDir, binPath, repoRoot } from '../rig/binaries.ts';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { kubeJson } from '../rig/kube-http.ts';
 import { installCrds, sharedCrdsDir } from '../rig/crds.ts';
 import { apiserverControl, type ApiserverControl } from '../rig/restart.ts';
-import { helmUnderTest, installHelmShim, type HelmShim } from '../rig/helm-shim.ts';
+import { helmUnderTest, type HelmShim } from '../rig/helm-shim.ts';
+import { linesLogger, runHelmStep, useHelmShim } from '../rig/helm-run.ts';
 import { parseSettings } from '../../src/settings/load.ts';
 import type { Settings, SettingsInput } from '../../src/settings/schema.ts';
 import { Credentials } from '../../src/credentials.ts';
 import { createAdapters } from '../../src/adapters/index.ts';
-import { createLogger } from '../../src/log.ts';
 import type { Change, Step, StepContext } from '../../src/steps/types.ts';
 import { ciliumStep } from '../../src/steps/cilium.ts';
 import { argocdStep } from '../../src/steps/argocd.ts';
@@ -44,16 +43,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
   let work: string;
   let shim: HelmShim;
   let api: ApiserverControl | undefined;
-  const logLines: string[] = [];
-  const log = createLogger({
-    level: 'debug',
-    destination: new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        logLines.push(...chunk.toString().split('\n').filter(Boolean));
-        cb();
-      },
-    }),
-  });
+  const { log, lines: logLines } = linesLogger();
 
   const get = async (path: string) => (await kubeJson<any>(cp.rig, 'GET', path)).json;
   const latest = async (name: string, ns: string) => {
@@ -88,26 +78,14 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
     return { settings: s, log, signal, credentials, adapters: createAdapters(s, credentials, log), upstream: {}, progress: () => {} };
   }
 
-  /** One engine pass of one step; `spawned` lists the helm processes it started. */
-  async function run<W, H>(step: Step<W, H>, s: Settings, opts: { planOnly?: boolean } = {}) {
-    shim.reset();
-    const ctx = context(s);
-    const want = step.want(s, {});
-    const have = await step.have(ctx, want);
-    const changes = step.changes(want, have);
-    if (!opts.planOnly && changes.some((c) => c.action !== 'noop')) await step.change(ctx, changes, want, have);
-    return { changes, spawned: shim.calls() };
-  }
+  const run = <W, H>(step: Step<W, H>, s: Settings, opts?: { planOnly?: boolean }) => runHelmStep(shim, step, context(s), opts);
   const writes = (changes: Change[]) => changes.filter((c) => c.action !== 'noop');
 
   before(async () => {
     binPath(HELM);
     cp = await startControlPlane();
     work = mkdtempSync(join(tmpdir(), 'hb-helm-real-'));
-    shim = installHelmShim(join(work, 'shim'));
-    process.env.PATH = `${shim.dir}:${binDir()}:${process.env.PATH ?? ''}`;
-    process.env.STATE_DIRECTORY = join(work, 'state');
-    delete process.env.HELM_BIN;
+    shim = useHelmShim(work);
   });
 
   after(async () => {

@@ -8,10 +8,10 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync 
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { binDir, binPath } from '../rig/binaries.ts';
-import { helmUnderTest, installHelmShim, type HelmShim } from '../rig/helm-shim.ts';
+import { helmUnderTest, type HelmShim } from '../rig/helm-shim.ts';
+import { linesLogger, runHelmStep, useHelmShim } from '../rig/helm-run.ts';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { argocdChart, ciliumChart } from '../rig/charts.ts';
 import { NODE_NAME, NOT_READY_ANNOTATION, START_AFTER_ANNOTATION } from '../rig/node-sim.ts';
@@ -21,7 +21,6 @@ import { parseSettings } from '../../src/settings/load.ts';
 import type { Settings, SettingsInput } from '../../src/settings/schema.ts';
 import { Credentials } from '../../src/credentials.ts';
 import { createAdapters } from '../../src/adapters/index.ts';
-import { createLogger } from '../../src/log.ts';
 import type { Change, Step, StepContext } from '../../src/steps/types.ts';
 import { ciliumStep, createCiliumStep } from '../../src/steps/cilium.ts';
 import { argocdStep } from '../../src/steps/argocd.ts';
@@ -67,17 +66,8 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
   let work: string;
   let repoServer: Server | undefined;
   let shim: HelmShim;
-  const logLines: string[] = [];
   const progress: string[] = [];
-  const log = createLogger({
-    level: 'debug',
-    destination: new Writable({
-      write(chunk: Buffer, _enc, cb) {
-        logLines.push(...chunk.toString().split('\n').filter(Boolean));
-        cb();
-      },
-    }),
-  });
+  const { log, lines: logLines } = linesLogger();
 
   const helmEnv = () => ({ PATH: `${binDir()}:/usr/bin:/bin`, HOME: join(work, 'test-helm-home') });
   /** helm run by the test itself (not by the code under test). */
@@ -112,16 +102,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     };
   }
 
-  /** One engine pass: plan, then (unless planOnly) change when anything is to be done. */
-  async function run<W, H>(step: Step<W, H>, s: Settings, opts: { planOnly?: boolean } = {}) {
-    shim.reset();
-    const ctx = context(s);
-    const want = step.want(s, {});
-    const have = await step.have(ctx, want);
-    const changes = step.changes(want, have);
-    if (!opts.planOnly && changes.some((c) => c.action !== 'noop')) await step.change(ctx, changes, want, have);
-    return { changes, calls: ctx.adapters.helm.calls, spawned: shim.calls() };
-  }
+  const run = <W, H>(step: Step<W, H>, s: Settings, opts?: { planOnly?: boolean }) => runHelmStep(shim, step, context(s), opts);
 
   /** Rewrites a stored revision's status, as a helm killed mid-operation leaves it. */
   async function setRevisionStatus(name: string, ns: string, revision: number, status: string) {
@@ -142,12 +123,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     // Controllers and a kwok node: Pods run and turn Ready, and argo-cd's pre-install hook Job completes.
     cp = await startControlPlane({ controllers: true });
     work = mkdtempSync(join(tmpdir(), 'hb-helm-'));
-    // The daemon finds helm on PATH (the recording shim of the helm under test first) and keeps
-    // its files under $STATE_DIRECTORY/helm.
-    shim = installHelmShim(join(work, 'shim'));
-    process.env.PATH = `${shim.dir}:${binDir()}:${process.env.PATH ?? ''}`;
-    process.env.STATE_DIRECTORY = join(work, 'state');
-    delete process.env.HELM_BIN;
+    shim = useHelmShim(work);
   });
 
   after(async () => {

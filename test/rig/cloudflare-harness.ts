@@ -11,6 +11,7 @@ import { parseSettings } from '../../src/settings/load.ts';
 import type { Settings } from '../../src/settings/schema.ts';
 import { Credentials } from '../../src/credentials.ts';
 import { createAdapters, type Adapters } from '../../src/adapters/index.ts';
+import { CloudflareClient, type CloudflareClientOptions } from '../../src/adapters/cloudflare.ts';
 import { createLogger, type Logger } from '../../src/log.ts';
 import type { Change, Outputs, Step, StepContext } from '../../src/steps/types.ts';
 import { isTransient, retryAfterMs } from '../../src/engine/errors.ts';
@@ -27,8 +28,12 @@ export interface CfHarness {
   lines: string[];
 }
 
-/** examples/homelab.json, pointed at the rig; the API token file is `<dir>/cf-token`. */
-export function cfHarness(cp: ControlPlane, emu: CloudflareEmulator, dir: string, mutate: (s: Record<string, any>) => void = () => {}): CfHarness {
+/**
+ * examples/homelab.json, pointed at the rig; the API token file is `<dir>/cf-token`. `mutate`
+ * edits the settings before they are parsed; `cloudflare` builds the Cloudflare client with
+ * these options instead of the defaults.
+ */
+export function cfHarness(cp: ControlPlane, emu: CloudflareEmulator, dir: string, mutate: (s: Record<string, any>) => void = () => {}, cloudflare?: CloudflareClientOptions): CfHarness {
   const s = structuredClone(example);
   s.kubeconfigFile = cp.kubeconfigPath;
   s.cloudflare.apiTokenFile = join(dir, 'cf-token');
@@ -44,7 +49,20 @@ export function cfHarness(cp: ControlPlane, emu: CloudflareEmulator, dir: string
     },
   });
   const log = createLogger({ level: 'debug', pretty: false, destination: sink });
-  return { settings, adapters: createAdapters(settings, new Credentials(settings), log), log, lines };
+  const credentials = new Credentials(settings);
+  const base = createAdapters(settings, credentials, log);
+  if (!cloudflare) return { settings, adapters: base, log, lines };
+  const client = new CloudflareClient(settings, credentials, log, cloudflare);
+  const adapters: Adapters = {
+    get kube() {
+      return base.kube;
+    },
+    get helm() {
+      return base.helm;
+    },
+    cloudflare: client,
+  };
+  return { settings, adapters, log, lines };
 }
 
 export function stepContext(h: CfHarness, step: Step, upstream: Outputs, signal = new AbortController().signal): StepContext {
