@@ -1,6 +1,6 @@
 // Parses an age identity file the way age (and so sops) reads it: one identity per line,
 // lines starting with '#' and empty lines skipped, anything else must be an X25519 identity
-// `AGE-SECRET-KEY-1…`. The Bech32 decoding and the X25519 public key come from
+// (`AGE-SECRET-KEY-` then Bech32). The Bech32 decoding and the X25519 public key come from
 // `age-encryption`, the reference TypeScript implementation of age. Errors name the file and
 // the line number, never a byte of the line: the file is a secret (and the library's own
 // messages quote their input, so they are never passed on).
