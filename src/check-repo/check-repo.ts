@@ -44,6 +44,8 @@ export async function checkRepo(settings: Settings, settingsFile: string, creden
   const tree = readTree(root, settings.gitops.path);
   const problems: Problem[] = tree.unreadable.map((u) => ({ file: u.file, message: u.why }));
 
+  // Each encrypted file's recipients, read once: the .sops.yaml checks and the decrypt failures both need them.
+  const recipients = new Map(tree.encrypted.map((f) => [f, fileRecipients(readFileSync(join(root, f), 'utf8'))]));
   const configPath = findSopsConfig(root, base);
   if (!configPath) {
     problems.push({ file: '.sops.yaml', message: `missing (looked from ${settings.gitops.path} up to the repository root); add one with a creation rule for ${settings.gitops.path}/.*\\.enc\\.(yaml|json)$ listing the host key's recipient ${hostRecipients.join(', ')}` });
@@ -51,7 +53,7 @@ export async function checkRepo(settings: Settings, settingsFile: string, creden
     const config = parseSopsConfig(readFileSync(configPath, 'utf8'), rel(root, configPath));
     const configDir = rel(root, dirname(configPath));
     if ('message' in config) problems.push(config);
-    else problems.push(...sopsProblems(tree, config, configDir === '.' ? '' : configDir, hostRecipients, (f) => fileRecipients(readFileSync(join(root, f), 'utf8'))));
+    else problems.push(...sopsProblems(tree, config, configDir === '.' ? '' : configDir, hostRecipients, (f) => recipients.get(f)));
   }
 
   const sops = new SopsRunner();
@@ -59,15 +61,15 @@ export async function checkRepo(settings: Settings, settingsFile: string, creden
     for (const file of tree.encrypted) {
       const r = await sops.decrypts(join(root, file), keyFile, root);
       if (r.ok) continue;
-      const recipients = fileRecipients(readFileSync(join(root, file), 'utf8'));
+      const to = recipients.get(file);
       // Already reported with what to do: no sops metadata, or the example key (new values, not re-keying).
-      if (recipients === undefined || recipients.includes(EXAMPLE_AGE_RECIPIENT)) continue;
-      const toHost = recipients.some((x) => hostRecipients.includes(x));
+      if (to === undefined || to.includes(EXAMPLE_AGE_RECIPIENT)) continue;
+      const toHost = to.some((x) => hostRecipients.includes(x));
       problems.push({
         file,
         message: toHost
           ? `does not decrypt with the host key ${keyFile} although it lists its recipient (sops: ${r.why}); the file may be damaged: re-create it with sops`
-          : `does not decrypt with the host key ${keyFile}: it is encrypted to ${recipients.join(', ') || 'no age recipient'}, not to ${hostRecipients.join(', ')}; run \`sops updatekeys ${file}\` where a key it is encrypted to is available`,
+          : `does not decrypt with the host key ${keyFile}: it is encrypted to ${to.join(', ') || 'no age recipient'}, not to ${hostRecipients.join(', ')}; run \`sops updatekeys ${file}\` where a key it is encrypted to is available`,
       });
     }
   } finally {

@@ -1,9 +1,5 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { pino } from 'pino';
 import { runSteps, backoffMs, checkGraph, type RunOptions } from '../../src/engine/run.ts';
 import { TransientError } from '../../src/engine/errors.ts';
