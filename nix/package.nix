@@ -62,7 +62,7 @@ buildNpmPackage {
       ../package.json
       ../package-lock.json
       ../tsconfig.json
-      ../tsconfig.build.json
+      ../scripts/build.ts
       (lib.fileset.maybeMissing ../.npmrc)
       ../src
       ../manifests
@@ -81,7 +81,9 @@ buildNpmPackage {
   # off for every npm call (install, rebuild, pack, prune), which also skips `prepare`.
   npmFlags = [ "--ignore-scripts" ];
 
-  # npm run build = tsc -p tsconfig.build.json -> dist/
+  # npm run build = node scripts/build.ts: esbuild bundles src/ into dist/ (the Cloudflare SDK
+  # trimmed to the calls the daemon makes; the other dependencies stay in node_modules). esbuild
+  # runs from its npm platform package, a static binary, so no install script is needed.
   npmBuildScript = "build";
 
   nativeBuildInputs = [ makeWrapper ];

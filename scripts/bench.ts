@@ -79,7 +79,7 @@ interface Releases {
 }
 
 async function main(): Promise<number> {
-  await must('build', run(join(repoRoot, 'node_modules', '.bin', 'tsc'), ['-p', join(repoRoot, 'tsconfig.build.json')], process.env));
+  await must('build', run(process.execPath, [join(repoRoot, 'scripts', 'build.ts')], process.env));
   say('starting a real kube-apiserver + etcd on loopback and the Cloudflare emulator...');
   // No Cilium CRDs: the cold apply is a real cold start; the site plays cilium-operator once its Pod runs.
   const site = await startSite({ ciliumCrds: false });

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
-import { readFileSync, realpathSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 // Only what every command needs is imported here: `--version` and `validate-config` (run at Nix
 // build time on every rebuild) must not pay for the Kubernetes, Helm and Cloudflare code that
 // only `plan` and `apply` use. Each command loads its own modules below.
@@ -11,7 +11,8 @@ import { STEP_NAMES, type StepName } from './steps/types.ts';
 import { EXIT } from './exit.ts';
 export { EXIT };
 
-export const VERSION: string = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+import { VERSION } from './version.ts';
+export { VERSION };
 
 const USAGE = `homelab-bootstrap ${VERSION}: brings k3s to "ArgoCD owns everything", idempotently.
 

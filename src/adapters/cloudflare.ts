@@ -5,7 +5,8 @@
 // followed by a re-list instead of a blind second POST.
 // The SDK is loaded on first use: importing it takes over a second, and `render` or
 // `validate-config` never call Cloudflare.
-import type { Cloudflare, APIError } from 'cloudflare';
+import type { APIError } from 'cloudflare/core/error';
+import type { CloudflareSdk as Cloudflare } from './cloudflare-sdk.ts';
 import type { Logger } from 'pino';
 import type { Settings } from '../settings/schema.ts';
 import type { Credentials } from '../credentials.ts';
@@ -176,9 +177,9 @@ function errorText(err: APIError): string {
   return parts.length > 0 ? parts.join('; ') : `HTTP ${err.status}`;
 }
 
-type SdkModule = typeof import('cloudflare');
+type SdkModule = typeof import('./cloudflare-sdk.ts');
 let sdkModule: Promise<SdkModule> | undefined;
-const loadSdk = (): Promise<SdkModule> => (sdkModule ??= import('cloudflare'));
+const loadSdk = (): Promise<SdkModule> => (sdkModule ??= import('./cloudflare-sdk.ts'));
 
 export class CloudflareClient {
   readonly settings: Settings;
@@ -231,7 +232,7 @@ export class CloudflareClient {
         return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
       };
       const sdkLog = this.log.child({ component: 'cloudflare-sdk' });
-      return new mod.Cloudflare({
+      return mod.cloudflareSdk({
         apiToken: token.reveal().trim(),
         // Explicit nulls: the SDK would otherwise pick up CLOUDFLARE_API_KEY & co. from the environment.
         apiKey: null,

@@ -226,8 +226,12 @@ export class Helm {
     return manifestObjects(await this.#run(args, { input: JSON.stringify(spec.values), signal, cluster: false }), spec.namespace);
   }
 
+  /**
+   * --wait: the install that follows a recovery would otherwise meet the release's own
+   * Namespaces (cilium-secrets) still terminating and fail ("being terminated").
+   */
   async uninstall(name: string, namespace: string, opts: HelmWriteOptions): Promise<void> {
-    await this.#write(['uninstall', name, '--namespace', namespace, '--timeout', seconds(opts.timeoutMs)], opts);
+    await this.#write(['uninstall', name, '--namespace', namespace, '--wait', '--timeout', seconds(opts.timeoutMs)], opts);
   }
 
   async #write(args: string[], opts: HelmWriteOptions, input?: string): Promise<void> {

@@ -4,13 +4,13 @@
 // of arbitrary kinds, discovery, a CRD watch, /readyz) are direct in plain HTTP and awkward
 // through the generated client (which also opens a new connection for every request).
 // Every write is server-side apply with field manager FIELD_MANAGER.
-import { readFileSync } from 'node:fs';
 import { rememberSecret } from '../secret.ts';
 import { isDeepStrictEqual } from 'node:util';
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { Logger } from 'pino';
 import { loadKubeconfig, type KubeconfigAccess } from './kubeconfig.ts';
+import { VERSION } from '../version.ts';
 import type { FieldDiff, KubeObject } from '../steps/types.ts';
 import { TransientError } from '../engine/errors.ts';
 import { childPath, diffObjects } from '../diff.ts';
@@ -22,17 +22,7 @@ export const OWNER_SELECTOR = Object.entries(OWNER_LABEL)
   .map(([k, v]) => `${k}=${v}`)
   .join(',');
 
-export const USER_AGENT = `homelab-bootstrap/${packageVersion()}`;
-
-function packageVersion(): string {
-  // src/adapters/kube.ts and dist/adapters/kube.js both sit two levels below package.json.
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
-    return pkg.version ?? '0.0.0';
-  } catch {
-    return '0.0.0';
-  }
-}
+export const USER_AGENT = `homelab-bootstrap/${VERSION}`;
 
 export interface ApplyOptions {
   dryRun?: boolean;

@@ -80,7 +80,7 @@ async function rerunConverges(s: Site, when: string): Promise<void> {
 }
 
 function helmUninstall(s: Site, name: string, namespace: string): void {
-  const r = spawnSync(binPath('helm'), ['uninstall', name, '--namespace', namespace, '--kubeconfig', join(s.cp.dir, 'rig-kubeconfig')], { encoding: 'utf8', env: { PATH: process.env.PATH, HOME: s.cp.dir } });
+  const r = spawnSync(binPath('helm'), ['uninstall', name, '--namespace', namespace, '--wait', '--kubeconfig', join(s.cp.dir, 'rig-kubeconfig')], { encoding: 'utf8', env: { PATH: process.env.PATH, HOME: s.cp.dir } });
   if (r.status !== 0) throw new Error(`helm uninstall ${name}: ${r.stderr}`);
 }
 

@@ -278,7 +278,7 @@ test('credentials, steps and exit statuses are the names the daemon uses', () =>
 
 test("the package's source fileset names files that exist (CI's Nix 2.8 cannot evaluate lib.fileset)", () => {
   // lib.fileset needs builtins.readFileType (Nix 2.14); a renamed or deleted file would only
-  // fail `nix build`, which CI cannot run. What tsconfig.build.json compiles must be in it too.
+  // fail `nix build`, which CI cannot run. What the build script reads must be in it too.
   const nix = readFileSync(path('nix', 'package.nix'), 'utf8');
   const block = /fileset = lib\.fileset\.unions \[([\s\S]*?)\];/.exec(nix)?.[1];
   assert.ok(block, 'nix/package.nix has no `fileset = lib.fileset.unions [ … ]`');
@@ -286,9 +286,12 @@ test("the package's source fileset names files that exist (CI's Nix 2.8 cannot e
   assert.ok(entries.length >= 5, `only ${entries.length} fileset entries found`);
   for (const e of entries) if (!e.optional) assert.ok(existsSync(path(e.file)), `nix/package.nix's fileset names ../${e.file}, which does not exist`);
   const files = new Set(entries.map((e) => e.file));
-  const build = JSON.parse(readFileSync(path('tsconfig.build.json'), 'utf8')) as { extends?: string; include: string[] };
-  for (const f of [...build.include, build.extends?.replace(/^\.\//, '')].filter((x): x is string => !!x)) {
-    assert.ok(files.has(f), `tsconfig.build.json uses ${f}, which the package's fileset leaves out`);
+  const pkg = JSON.parse(readFileSync(path('package.json'), 'utf8')) as { scripts: Record<string, string> };
+  assert.match(nix, /npmBuildScript = "build";/);
+  const script = /^node (\S+)$/.exec(pkg.scripts.build ?? '')?.[1];
+  assert.ok(script, `package.json's build script is \`${pkg.scripts.build}\`, expected \`node <script>\``);
+  for (const f of [script, 'src', 'package.json', 'package-lock.json', 'tsconfig.json']) {
+    assert.ok(files.has(f), `the build reads ${f}, which the package's fileset leaves out`);
   }
 });
 
