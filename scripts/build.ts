@@ -5,17 +5,22 @@
 // src/adapters/cloudflare-sdk.ts does not name. Every other dependency stays external, loaded
 // from node_modules as it is published (pino starts its pretty-printer in a worker by module
 // name, which a bundle would break). Types are checked by `npm test` (tsc --noEmit), not here.
+// `--outdir DIR` builds elsewhere (the tests build their own copy); DIR must sit directly in the
+// repository, as dist/ does, for package.json and node_modules to be found from it.
 import { build } from 'esbuild';
 import { readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
 const BUNDLED = new Set(['cloudflare']);
 const external = Object.keys(pkg.dependencies).filter((d) => !BUNDLED.has(d));
 
-const outdir = join(root, 'dist');
+const { values } = parseArgs({ options: { outdir: { type: 'string' } } });
+const outdir = resolve(values.outdir ?? join(root, 'dist'));
+if (dirname(outdir) !== resolve(root)) throw new Error(`--outdir ${outdir}: must be a folder directly in ${root}, as dist/ is`);
 rmSync(outdir, { recursive: true, force: true });
 await build({
   entryPoints: [join(root, 'src', 'cli.ts')],

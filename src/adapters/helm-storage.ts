@@ -5,10 +5,14 @@
 // One Secret per revision, in the release's namespace: type helm.sh/release.v1, labels
 // owner=helm, name=<release>, version=<revision>, status=<status>; data.release is
 // base64(gzip(JSON)) (the API base64s it once more). Helm 3 and Helm 4 both write this format.
+// The history is listed as metadata alone, and a record is read and decoded only when the memo
+// (release-memo.ts) does not already know what that exact Secret says.
 import { gunzipSync } from 'node:zlib';
 import type { KubeClient } from './kube.ts';
 import type { KubeObject } from '../steps/types.ts';
 import type { ChartMeta } from './chart-meta.ts';
+import { TransientError } from '../engine/errors.ts';
+import { memoryReleaseMemo, valuesDigest, type ReleaseMemo, type ReleaseSummary } from './release-memo.ts';
 
 export const HELM_RELEASE_TYPE = 'helm.sh/release.v1';
 
@@ -24,12 +28,15 @@ export interface ReleaseRecord {
   values: Record<string, unknown>;
 }
 
-/** A revision's Secret, decoded only when asked for (a big chart's record is hundreds of KB). */
+/** A revision's Secret, read and decoded only when asked for (a big chart's record is megabytes). */
 export interface StoredRevision {
   revision: number;
   /** The status label; helm keeps it in step with the record's own info.status. */
   status: string;
-  decode(): ReleaseRecord;
+  /** What this very Secret (uid and resourceVersion) decoded to on an earlier run, if remembered. */
+  remembered(): ReleaseSummary | undefined;
+  /** Reads the Secret and decodes it (once), and remembers what it says. */
+  decode(): Promise<ReleaseRecord>;
 }
 
 export class ReleaseDecodeError extends Error {
@@ -75,20 +82,36 @@ export function decodeReleaseSecret(secret: KubeObject): ReleaseRecord {
 }
 
 /**
- * Every stored revision of a release, newest first: one label-selected list in its namespace.
- * [] when there is none (or the namespace does not exist yet).
+ * Every stored revision of a release, newest first: one label-selected list of metadata in its
+ * namespace. [] when there is none (or the namespace does not exist yet).
  */
-export async function readReleaseHistory(kube: KubeClient, name: string, namespace: string): Promise<StoredRevision[]> {
-  const secrets = await kube.list('v1', 'Secret', { namespace, labelSelector: `owner=helm,name=${name}` });
+export async function readReleaseHistory(kube: KubeClient, name: string, namespace: string, memo: ReleaseMemo = memoryReleaseMemo()): Promise<StoredRevision[]> {
+  const secrets = await kube.list('v1', 'Secret', { namespace, labelSelector: `owner=helm,name=${name}`, metadataOnly: true });
   return secrets
-    .filter((s) => (s as { type?: string }).type === HELM_RELEASE_TYPE && Number.isInteger(Number(s.metadata.labels?.version)))
+    .filter((s) => Number.isInteger(Number(s.metadata.labels?.version)))
     .map((s) => {
-      let decoded: ReleaseRecord | undefined;
+      const { uid, resourceVersion } = s.metadata as { uid?: string; resourceVersion?: string };
+      let decoded: Promise<ReleaseRecord> | undefined;
       return {
         revision: Number(s.metadata.labels!.version),
         status: s.metadata.labels?.status ?? '',
-        decode: () => (decoded ??= decodeReleaseSecret(s)),
+        remembered: () => (uid && resourceVersion ? memo.get({ uid, resourceVersion }) : undefined),
+        decode: () => (decoded ??= readRecord(kube, s.metadata.name, namespace, memo)),
       };
     })
     .sort((a, b) => b.revision - a.revision);
+}
+
+async function readRecord(kube: KubeClient, secretName: string, namespace: string, memo: ReleaseMemo): Promise<ReleaseRecord> {
+  const secret = await kube.get('v1', 'Secret', secretName, namespace);
+  // helm prunes old revisions (--history-max) and uninstall deletes them all.
+  if (!secret) throw new TransientError(`Secret ${namespace}/${secretName}: Helm's record was deleted while being read`);
+  const type = (secret as { type?: string }).type;
+  if (type !== HELM_RELEASE_TYPE) {
+    throw new ReleaseDecodeError(`Secret ${namespace}/${secretName} is labelled as a Helm release record (owner=helm) but has type ${type ?? '(none)'}, not ${HELM_RELEASE_TYPE}; remove the label or the Secret`);
+  }
+  const record = decodeReleaseSecret(secret);
+  const { uid, resourceVersion } = secret.metadata as { uid?: string; resourceVersion?: string };
+  if (uid && resourceVersion) memo.put({ uid, resourceVersion }, { revision: record.revision, status: record.status, chart: record.chart, valuesDigest: valuesDigest(record.values) });
+  return record;
 }

@@ -27,9 +27,9 @@ interface Io {
   err(text: string): void;
 }
 
-async function runAll(mode: Mode, settings: Settings, only: StepName[], log: Logger, lease?: BootstrapLease): Promise<StepReport[]> {
+async function runAll(mode: Mode, settings: Settings, only: StepName[], stateDir: string, log: Logger, lease?: BootstrapLease): Promise<StepReport[]> {
   const credentials = new Credentials(settings);
-  const adapters = createAdapters(settings, credentials, log);
+  const adapters = createAdapters(settings, credentials, log, { stateDir });
   return runSteps(STEPS, {
     mode,
     settings,
@@ -66,7 +66,7 @@ export async function converge(command: Mode, opts: ConvergeOptions, io: Io): Pr
     notifyStatus(`${command}: starting`);
     let reports: StepReport[];
     try {
-      reports = await runAll(command, settings, opts.only, log, lease);
+      reports = await runAll(command, settings, opts.only, opts.stateDir, log, lease);
     } finally {
       await lease?.release();
       leaseStore?.close();

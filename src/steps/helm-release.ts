@@ -20,6 +20,7 @@ import { applyConflicts, chartLabel, HelmError, ownershipConflict, type HelmWrit
 import { ConflictError } from '../engine/errors.ts';
 import { readChartMeta, type ChartMeta } from '../adapters/chart-meta.ts';
 import { readReleaseHistory } from '../adapters/helm-storage.ts';
+import { valuesDigest } from '../adapters/release-memo.ts';
 import type { JsonObject } from '../desired/merge.ts';
 import { diffObjects } from '../diff.ts';
 import type { Change, HelmReleaseSpec, Outputs, Rendered, Step, StepContext, StepName } from './types.ts';
@@ -164,17 +165,25 @@ async function readRelease(ctx: StepContext, want: ReleaseWant): Promise<Release
   const chart: ChartMeta = 'path' in r.chart ? readChartMeta(r.chart.path) : { name: r.chart.chart, version: r.chart.version };
   const workloads = want.rollout.length > 0 ? await readWorkloads(ctx, want.rollout) : [];
   // Helm's own records, read without running helm: a no-op boot starts no helm process.
-  const history = await readReleaseHistory(ctx.adapters.kube, r.name, r.namespace);
-  const latest = history[0]?.decode();
+  const history = await readReleaseHistory(ctx.adapters.kube, r.name, r.namespace, ctx.adapters.releaseMemo);
+  const top = history[0];
+  if (!top) return { chart, workloads };
+  // A no-op boot decodes no record: this very Secret was read before, and its values were these.
+  const seen = top.remembered();
+  const desiredValues = normalised(r.values);
+  if (seen && seen.status !== 'uninstalled' && !PENDING_STATUSES.includes(seen.status) && seen.valuesDigest === valuesDigest(desiredValues)) {
+    return { chart, workloads, deployed: { revision: seen.revision, status: seen.status, chart: seen.chart, values: desiredValues } };
+  }
+  const latest = await top.decode();
   // `helm uninstall --keep-history` leaves an uninstalled record; install treats it as absent.
-  if (!latest || latest.status === 'uninstalled') return { chart, workloads };
+  if (latest.status === 'uninstalled') return { chart, workloads };
 
   if (!PENDING_STATUSES.includes(latest.status)) {
     return { chart, workloads, deployed: { revision: latest.revision, status: latest.status, chart: latest.chart, values: latest.values as JsonObject } };
   }
 
   // helm keeps each record's status label in step with the record; decode only the target.
-  const back = history.find((h) => h.revision < latest.revision && ROLLBACK_TARGETS.includes(h.status))?.decode();
+  const back = await history.find((h) => h.revision < latest.revision && ROLLBACK_TARGETS.includes(h.status))?.decode();
   if (!back || latest.status === 'uninstalling') {
     return { chart, workloads, recovery: { kind: 'uninstall', status: latest.status, revision: latest.revision } };
   }
@@ -298,6 +307,15 @@ export function helmReleaseStep(cfg: HelmStepConfig): Step<ReleaseWant, ReleaseH
               waited = true;
             }
             break;
+        }
+      }
+      // The revision just written is read once now, so the next boot's no-op finds it remembered
+      // instead of decoding it. Only a saving: a failure here is no failure of the step.
+      if (ops.some(({ op }) => op.kind === 'install' || op.kind === 'upgrade' || op.kind === 'rollback')) {
+        try {
+          await (await readReleaseHistory(ctx.adapters.kube, r.name, r.namespace, ctx.adapters.releaseMemo))[0]?.decode();
+        } catch (e) {
+          ctx.log.debug({ err: (e as Error).message }, `${releaseTarget(r)}: the new revision was not read back`);
         }
       }
       // Reported, not failed: it lasts until the user changes the pin, and what needs this

@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { binPath, repoRoot } from '../rig/binaries.ts';
@@ -17,9 +17,11 @@ let emu: Site['emu'];
 let settings: Record<string, any>;
 const config = () => site.config;
 
-function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
+const cli = (...args: string[]) => cliAt(join(repoRoot, 'src', 'cli.ts'), ...args);
+
+function cliAt(entry: string, ...args: string[]): Promise<{ code: number; out: string; err: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [join(repoRoot, 'src', 'cli.ts'), ...args, '--state-dir', join(site.dir, 'state')], { env: site.env });
+    const child = spawn(process.execPath, [entry, ...args, '--state-dir', join(site.dir, 'state')], { env: site.env });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -79,6 +81,51 @@ test('a second apply writes nothing anywhere and makes no Helm revision; plan ex
   assert.equal(helmRevisions('argocd', 'argocd'), 1);
   const plan = await cli('plan', '--config', config());
   assert.equal(plan.code, 0, plan.out);
+});
+
+test('once read, Helm’s release records are not read again while unchanged; a new revision by someone else is', async () => {
+  const helmRecordReads = (c: Awaited<ReturnType<typeof countRequests>>) => c.events.filter((e) => e.verb === 'get' && e.objectRef?.resource === 'secrets' && e.objectRef.name?.startsWith('sh.helm.release.')).map((e) => e.objectRef!.name);
+  let mark = await auditMark(cp);
+  let r = await cli('apply', '--config', config());
+  assert.equal(r.code, 0, r.out + r.err);
+  let counts = await countRequests(cp, { since: mark });
+  assert.deepEqual(helmRecordReads(counts), [], 'a no-op read a release record it had read before');
+  assert.ok(counts.events.some((e) => e.verb === 'list' && e.objectRef?.resource === 'secrets' && e.objectRef.namespace === 'argocd'), 'the history is still listed');
+  // helm itself writes a new revision with other values; the daemon must see it and set it back.
+  execFileSync(binPath('helm'), ['upgrade', 'argocd', settings.argocd.chart.path, '--namespace', 'argocd', '--reuse-values', '--set', 'global.revisionHistoryLimit=4', '--kubeconfig', cp.kubeconfigPath], { encoding: 'utf8' });
+  mark = await auditMark(cp);
+  r = await cli('plan', '--config', config());
+  assert.equal(r.code, 2, r.out + r.err);
+  assert.match(r.out, /\$\.values\.global\.revisionHistoryLimit/);
+  counts = await countRequests(cp, { since: mark });
+  assert.deepEqual(helmRecordReads(counts), ['sh.helm.release.v1.argocd.v2']);
+  r = await cli('apply', '--config', config());
+  assert.equal(r.code, 0, r.out + r.err);
+  assert.equal(helmRevisions('argocd', 'argocd'), 3);
+});
+
+test('the built daemon (dist/, what the Nix package runs) finds the converged site converged, Cloudflare included', async () => {
+  // Built apart from dist/ so that a bench or demo of the developer's is left alone.
+  const out = join(repoRoot, `.dist-test-${process.pid}`);
+  try {
+    execFileSync(process.execPath, [join(repoRoot, 'scripts', 'build.ts'), '--outdir', out], { encoding: 'utf8' });
+    // The Cloudflare SDK's client alone imports every resource of the API (megabytes); the
+    // bundle keeps the few the adapter calls.
+    const sdk = readdirSync(out).filter((f) => f.startsWith('cloudflare-sdk-'));
+    assert.equal(sdk.length, 1, `one Cloudflare SDK chunk expected: ${readdirSync(out).join(', ')}`);
+    const size = statSync(join(out, sdk[0]!)).size;
+    assert.ok(size < 300_000, `the Cloudflare SDK chunk is ${size} bytes: the tree-shaking of unused API resources was lost`);
+    const version = execFileSync(process.execPath, [join(out, 'cli.js'), '--version'], { encoding: 'utf8' }).trim();
+    assert.equal(version, (JSON.parse(readFileSync(join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version);
+    emu.resetLog();
+    const r = await cliAt(join(out, 'cli.js'), 'apply', '--config', config());
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /apply: 10 steps, 0 changes, 0 failed/);
+    assert.equal(emu.writes().length, 0);
+    assert.ok(emu.requests.some((q) => q.method === 'GET' && /\/dns_records/.test(q.path)), 'the built daemon did not read the DNS records');
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
 });
 
 test('one changed setting: plan shows the field diff and exits 2; apply writes exactly that', async () => {

@@ -48,7 +48,7 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
   const get = async (path: string) => (await kubeJson<any>(cp.rig, 'GET', path)).json;
   const latest = async (name: string, ns: string) => {
     const h = await readReleaseHistory(createAdapters(settings(), new Credentials(settings()), log).kube, name, ns);
-    return { revisions: h.length, ...h[0]?.decode() };
+    return { revisions: h.length, ...(await h[0]?.decode()) };
   };
   /** helm's own view, so the test does not only trust the daemon's reading of Helm storage. */
   const helmHistory = (name: string, ns: string) =>
@@ -75,7 +75,8 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
 
   function context(s: Settings, signal = AbortSignal.timeout(300_000)): StepContext {
     const credentials = new Credentials(s);
-    return { settings: s, log, signal, credentials, adapters: createAdapters(s, credentials, log), upstream: {}, progress: () => {} };
+    // One state directory for the suite, as the daemon keeps one across boots.
+    return { settings: s, log, signal, credentials, adapters: createAdapters(s, credentials, log, { stateDir: join(work, 'state') }), upstream: {}, progress: () => {} };
   }
 
   const run = <W, H>(step: Step<W, H>, s: Settings, opts?: { planOnly?: boolean }) => runHelmStep(shim, step, context(s), opts);
@@ -99,15 +100,22 @@ describe(`Helm steps with the real charts (${HELM})`, () => {
     assert.deepEqual(first.changes.map((c) => [c.action, c.target]), [['create', 'HelmRelease kube-system/cilium']]);
     assert.deepEqual(first.spawned, ['upgrade']);
 
-    const mark = await auditMark(cp);
-    const again = await run(ciliumStep, cilium('1.18.4'));
-    const counts = await countRequests(cp, { since: mark });
-    assert.deepEqual(writes(again.changes), []);
-    assert.deepEqual(again.spawned, [], 'a no-op starts no helm process');
-    assert.equal(counts.writes, 0, JSON.stringify(counts.byResource));
-    // Discovery of /api/v1 aside (a run shares it with every step), one read: Helm's records.
-    const reads = Object.entries(counts.byResource).filter(([k]) => !k.startsWith('get /api'));
-    assert.deepEqual(reads, [['list secrets', 1]], 'one label-selected list of Helm release Secrets');
+    // The installing run read back the record helm wrote (megabytes, decoded once) and
+    // remembered it: no no-op reads it again.
+    for (const [round, expected] of [
+      ['first', [['list secrets', 1]]],
+      ['second', [['list secrets', 1]]],
+    ] as const) {
+      const mark = await auditMark(cp);
+      const again = await run(ciliumStep, cilium('1.18.4'));
+      const counts = await countRequests(cp, { since: mark });
+      assert.deepEqual(writes(again.changes), []);
+      assert.deepEqual(again.spawned, [], 'a no-op starts no helm process');
+      assert.equal(counts.writes, 0, JSON.stringify(counts.byResource));
+      // Discovery of /api/v1 aside (a run shares it with every step): Helm's records, listed as metadata.
+      const reads = Object.entries(counts.byResource).filter(([k]) => !k.startsWith('get /api'));
+      assert.deepEqual(reads, expected, `the ${round} no-op`);
+    }
     assert.deepEqual(helmHistory('cilium', 'kube-system').map((h) => [h.revision, h.status, h.chart]), [[1, 'deployed', 'cilium-1.18.4']]);
   });
 

@@ -60,6 +60,7 @@ export function cfHarness(cp: ControlPlane, emu: CloudflareEmulator, dir: string
     get helm() {
       return base.helm;
     },
+    releaseMemo: base.releaseMemo,
     cloudflare: client,
   };
   return { settings, adapters, log, lines };
