@@ -126,3 +126,12 @@ test('age-key: changes create the namespace and Secret, update on a data diff (r
   assert.doesNotMatch(JSON.stringify(upd), /AGE-SECRET-KEY/);
   assert.deepEqual(ageKeyStep.changes(w, { namespaceExists: true, secretExists: true, diff: [], key }).map((c) => c.action), ['noop']);
 });
+
+test('the recipient is the one the reference implementation derives, for any identity', async () => {
+  // age-encryption (a devDependency only): the daemon derives the key with node:crypto instead.
+  const { generateIdentity, identityToRecipient } = await import('age-encryption');
+  for (let i = 0; i < 25; i++) {
+    const id = await generateIdentity();
+    assert.deepEqual(await parseAgeIdentities(`${id}\n`, WHERE), [{ line: 1, recipient: await identityToRecipient(id) }]);
+  }
+});
