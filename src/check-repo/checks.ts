@@ -117,15 +117,19 @@ export function sopsProblems(tree: Tree, config: SopsConfig, configDir: string, 
   return out;
 }
 
-/** Every ksops generator's `files:` exist (relative to the generator, as kustomize resolves them). */
+/**
+ * Every file a ksops generator names exists (relative to the generator, as kustomize resolves
+ * them): its top-level `files:`, and the `files:` of each `secretFrom:` entry (ksops v4).
+ */
 export function generatorProblems(tree: Tree): Problem[] {
   const have = new Set(tree.files);
   const out: Problem[] = [];
   for (const { file, doc } of tree.docs) {
     if (doc.kind !== 'ksops') continue;
-    const files = doc.files;
-    if (!Array.isArray(files) || files.length === 0) {
-      out.push({ file, message: 'is a ksops generator without files:; list the encrypted files it decrypts' });
+    const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+    const files = [...list(doc.files), ...list(doc.secretFrom).flatMap((e) => list((e as { files?: unknown } | null)?.files))];
+    if (files.length === 0) {
+      out.push({ file, message: 'is a ksops generator without files: (or secretFrom[].files:); list the encrypted files it decrypts' });
       continue;
     }
     for (const entry of files.map(String)) {

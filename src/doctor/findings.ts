@@ -41,6 +41,8 @@ export interface HostSnapshot {
   links?: string[];
   /** `iptables-save` output. */
   iptables?: string;
+  /** The directories in the app config directory (/var/data/configs). */
+  configs?: { dir: string; entries: string[] };
   /** Why something could not be checked; shown, but not a finding. */
   notes: string[];
 }
@@ -73,7 +75,8 @@ export function k3sNodeArgs(node: KubeObject): { has(flag: string): boolean; val
     });
     return out;
   };
-  const has = (flag: string): boolean => a.some((x) => x === `--${flag}` || x === `--${flag}=true`);
+  // k3s records `--flag=false` as two args, ["--flag", "false"].
+  const has = (flag: string): boolean => a.some((x, i) => (x === `--${flag}` && a[i + 1] !== 'false') || x === `--${flag}=true`);
   return { has, values };
 }
 
@@ -145,8 +148,8 @@ export function clusterFindings(s: ClusterSnapshot): Finding[] {
   const azure = s.secretStores.filter((st) => (st.spec as { provider?: Record<string, unknown> } | undefined)?.provider?.azurekv !== undefined).map((st) => `${ref(st)} (Azure Key Vault)`);
   add('external-secrets', [...workloads(s, /^external-secrets/, 'external-secrets'), ...azure, ...(crdsOfGroup(s, 'external-secrets.io').length ? [`${crdsOfGroup(s, 'external-secrets.io').length} external-secrets.io CRDs`] : [])], 'secrets now come from SOPS files decrypted by ksops; Azure Key Vault goes away', 'export the secrets into SOPS files first (docs/migration.md, check-repo), then remove it or wipe');
 
-  // --- App of Apps: Applications no ApplicationSet made
-  const loose = s.applications.filter((a) => !((a.metadata.ownerReferences as { kind?: string }[] | undefined) ?? []).some((o) => o.kind === 'ApplicationSet'));
+  // --- App of Apps: Applications no ApplicationSet made, directly or through their parents
+  const loose = s.applications.filter((a) => !madeByApplicationSet(a, s.applications));
   const cascading = loose.filter((a) => ((a.metadata.finalizers as string[] | undefined) ?? []).some((f) => f.startsWith('resources-finalizer.argocd.argoproj.io')));
   add(
     'App of Apps',
@@ -157,14 +160,51 @@ export function clusterFindings(s: ClusterSnapshot): Finding[] {
       : `remove them once the ApplicationSet serves the same apps, or ${WIPE}`,
   );
 
-  // --- CRDs the Argo CD chart will install but that Helm does not own
-  const unowned = s.crds
-    .filter((c) => (ARGOCD_CHART_CRDS as readonly string[]).includes(c.metadata.name))
-    .filter((c) => labels(c)['app.kubernetes.io/managed-by'] !== 'Helm' || annotations(c)['meta.helm.sh/release-name'] !== ARGOCD_RELEASE.name || annotations(c)['meta.helm.sh/release-namespace'] !== ARGOCD_RELEASE.namespace)
-    .map((c) => `CRD ${c.metadata.name}`);
-  add('Argo CD CRDs', unowned, `they are not owned by the Helm release ${ARGOCD_RELEASE.namespace}/${ARGOCD_RELEASE.name}, so a plain helm install would refuse them`, 'nothing: the bootstrap takes them over (helm --take-ownership) and keeps their Applications');
+  // --- CRDs the Argo CD chart will install but that its release does not own. The bootstrap takes
+  // over those without Helm ownership; one of another release it refuses (src/steps/helm-release.ts),
+  // with the same test of the release annotations.
+  const release = `${ARGOCD_RELEASE.namespace}/${ARGOCD_RELEASE.name}`;
+  const chartCrds = s.crds.filter((c) => (ARGOCD_CHART_CRDS as readonly string[]).includes(c.metadata.name));
+  const owner = (c: KubeObject) => {
+    const name = annotations(c)['meta.helm.sh/release-name'];
+    const namespace = annotations(c)['meta.helm.sh/release-namespace'];
+    const other = (name !== undefined && name !== ARGOCD_RELEASE.name) || (namespace !== undefined && namespace !== ARGOCD_RELEASE.namespace);
+    return { other, name: name ?? ARGOCD_RELEASE.name, namespace: namespace ?? ARGOCD_RELEASE.namespace, complete: name !== undefined && namespace !== undefined };
+  };
+  const foreign = chartCrds.filter((c) => owner(c).other);
+  const unowned = chartCrds.filter((c) => !owner(c).other && (labels(c)['app.kubernetes.io/managed-by'] !== 'Helm' || !owner(c).complete));
+  add('Argo CD CRDs', unowned.map((c) => `CRD ${c.metadata.name}`), `they are not owned by the Helm release ${release}, so a plain helm install would refuse them`, 'nothing: the bootstrap takes them over (helm --take-ownership) and keeps their Applications');
+  const uninstall = [...new Set(foreign.map((c) => `helm uninstall ${owner(c).name} -n ${owner(c).namespace}`))];
+  add(
+    'Argo CD CRDs',
+    foreign.map((c) => `CRD ${c.metadata.name} (Helm release ${owner(c).namespace}/${owner(c).name})`),
+    `another Helm release owns them, and the bootstrap (release ${release}) refuses to take them from it`,
+    `uninstall that release (${uninstall.join('; ')}) and make sure the CRDs no longer carry its meta.helm.sh annotations (a chart that keeps its CRDs leaves them), or ${WIPE}; do not delete the CRDs: that deletes every Application`,
+  );
   return out;
 }
+
+/**
+ * Whether an ApplicationSet made this Application, itself or through the Applications that made
+ * it: an app of the new tree may be an Application that another one syncs (kube-prometheus-stack
+ * under monitoring). Argo CD marks what an Application syncs with its tracking annotation
+ * `<app>:<group>/<kind>:<namespace>/<name>` or, with label tracking, `app.kubernetes.io/instance:
+ * <app>`; `<app>` is `<namespace>_<name>` outside Argo CD's own namespace.
+ */
+function madeByApplicationSet(app: KubeObject, apps: readonly KubeObject[], seen = new Set<KubeObject>()): boolean {
+  if (((app.metadata.ownerReferences as { kind?: string }[] | undefined) ?? []).some((o) => o.kind === 'ApplicationSet')) return true;
+  seen.add(app);
+  const id = /^([^:]+):argoproj\.io\/Application:([^/]*)\/(.+)$/.exec(annotations(app)['argocd.argoproj.io/tracking-id'] ?? '');
+  // Argo CD ignores a tracking id copied from another object.
+  const tracked = id && id[3] === app.metadata.name && id[2] === (app.metadata.namespace ?? '') ? id[1] : labels(app)['app.kubernetes.io/instance'];
+  if (!tracked) return false;
+  const [namespace, name] = tracked.includes('_') ? tracked.split('_', 2) : [app.metadata.namespace, tracked];
+  const parent = apps.find((a) => a.metadata.name === name && a.metadata.namespace === namespace);
+  return parent !== undefined && !seen.has(parent) && madeByApplicationSet(parent, apps, seen);
+}
+
+/** The apps whose config the new tree keeps in /var/data/configs/<app> (the homelab-configs class). */
+export const APP_CONFIGS = ['plex', 'sonarr', 'radarr', 'prowlarr', 'overseerr', 'transmission'] as const;
 
 /** kube-proxy's and flannel's chains in `iptables-save` output (not the kubelet's own KUBE-FIREWALL/-KUBELET-CANARY). */
 const OLD_CHAINS = /^:(KUBE-(SERVICES|NODEPORTS|POSTROUTING|MARK-MASQ|SVC-|SEP-|EXT-|FW-|XLB-|PROXY-|EXTERNAL-SERVICES|FORWARD|ROUTER-|NWPLCY-|POD-FW-)[^ ]*|FLANNEL-[^ ]*)/;
@@ -192,8 +232,21 @@ export function hostFindings(h: HostSnapshot): Finding[] {
       });
     }
   }
+  if (h.configs) {
+    const dir = h.configs.dir;
+    const old = APP_CONFIGS.filter((a) => h.configs!.entries.includes(`${a}-data`));
+    if (old.length > 0) {
+      out.push({
+        component: 'app configs',
+        found: `${list(old.map((a) => `${a}-data`))} in ${dir} (the old setup's names)`,
+        why: `the new tree mounts ${dir}/<app>, so ${list(old)} would start empty`,
+        todo: `with k3s stopped (docs/migration.md, step 5): ${old.map((a) => `sudo mv -T ${dir}/${a}-data ${dir}/${a}`).join('; ')}`,
+      });
+    }
+  }
   return out;
 }
+
 
 export function formatFinding(f: Finding): string {
   return `${f.component}: found ${f.found}. Why it matters: ${f.why}. What to do: ${f.todo}.`;

@@ -1,6 +1,6 @@
 // The host side of `doctor`: what it can see without privileges it lacks. /sys/class/net is
-// readable by anyone; `iptables-save` needs root (or CAP_NET_ADMIN), and when it is refused the
-// snapshot says so in a note instead of failing the whole check.
+// readable by anyone, the list of /var/data/configs usually too; `iptables-save` needs root (or
+// CAP_NET_ADMIN). What is refused becomes a note in the snapshot instead of failing the check.
 import { readdir } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import type { HostSnapshot } from './findings.ts';
@@ -10,6 +10,8 @@ export interface HostReadOptions {
   sysClassNet?: string;
   /** Bound on iptables-save. */
   timeoutMs?: number;
+  /** Where the apps' configs live (SPEC: /var/data/configs; tests point it elsewhere). */
+  configsDir?: string;
 }
 
 function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | string; stdout: string; stderr: string }> {
@@ -31,6 +33,12 @@ export async function readHost(opts: HostReadOptions = {}): Promise<HostSnapshot
     snapshot.links = await readdir(dir);
   } catch (e) {
     notes.push(`network links not checked: ${dir} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
+  }
+  const configs = opts.configsDir ?? '/var/data/configs';
+  try {
+    snapshot.configs = { dir: configs, entries: (await readdir(configs, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name) };
+  } catch (e) {
+    notes.push(`app config directories not checked: ${configs} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
   }
   const r = await run('iptables-save', [], opts.timeoutMs ?? 10_000);
   if (r.code === 0) snapshot.iptables = r.stdout;

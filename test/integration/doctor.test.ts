@@ -77,6 +77,22 @@ const workload = (kind: 'Deployment' | 'DaemonSet', namespace: string, name: str
     spec: { selector: { matchLabels: labels }, template: { metadata: { labels }, spec: { containers: [{ name: 'c', image: 'registry.k8s.io/pause:3.10' }] } } },
   });
 
+/** An Argo CD Application in argocd, metadata as given (no GC runs in the rig: a made-up owner uid stays). */
+const application = (name: string, metadata: Record<string, unknown>) =>
+  put('/apis/argoproj.io/v1alpha1/namespaces/argocd/applications', {
+    apiVersion: 'argoproj.io/v1alpha1',
+    kind: 'Application',
+    metadata: { name, namespace: 'argocd', ...metadata },
+    spec: { project: 'default', source: { repoURL: 'https://github.com/peterstorm/.dotfiles.git', targetRevision: 'HEAD', path: `k8s/argocd/${name}` }, destination: { server: 'https://kubernetes.default.svc' } },
+  });
+
+/** The Applications CRD as the argocd release leaves it (Helm's ownership marks), or as a `kubectl apply` of Argo CD does (none). */
+const helmOwned = (owned: boolean) =>
+  kubeJson(cp.rig, 'PATCH', '/apis/apiextensions.k8s.io/v1/customresourcedefinitions/applications.argoproj.io', {
+    body: JSON.stringify({ metadata: { labels: { 'app.kubernetes.io/managed-by': owned ? 'Helm' : null }, annotations: { 'meta.helm.sh/release-name': owned ? 'argocd' : null, 'meta.helm.sh/release-namespace': owned ? 'argocd' : null } } }),
+    contentType: 'application/merge-patch+json',
+  });
+
 const NEW_K3S_ARGS = ['server', '--flannel-backend=none', '--disable-network-policy', '--disable-kube-proxy', '--disable', 'servicelb', '--disable', 'traefik'];
 // roles/k3s/default.nix of the user's old setup: --disable-kube-proxy was forgotten.
 const OLD_K3S_ARGS = ['server', '--disable', 'servicelb', '--disable', 'traefik', '--write-kubeconfig-mode', '644', '--flannel-backend', 'none', '--disable-network-policy'];
@@ -86,12 +102,20 @@ describe('doctor', () => {
     await node('homelab', { 'k3s.io/node-args': JSON.stringify(NEW_K3S_ARGS) });
     await workload('DaemonSet', 'kube-system', 'cilium', { 'k8s-app': 'cilium' });
     await workload('Deployment', 'kube-system', 'coredns', { 'k8s-app': 'kube-dns' });
+    await installCrds(cp, join(sharedCrdsDir, 'argocd', 'applications.argoproj.io.yaml'));
+    await waitEstablished(cp, ['applications.argoproj.io']);
+    await helmOwned(true);
+    await ns('argocd');
+    // The root ApplicationSet's app `monitoring`, and the Application it syncs from the tree
+    // (infra/monitoring/kube-prometheus-stack.yaml), marked with Argo CD's tracking annotation.
+    await application('monitoring', { ownerReferences: [{ apiVersion: 'argoproj.io/v1alpha1', kind: 'ApplicationSet', name: 'homelab', uid: '6f1c2a8e-0d4b-4c53-9a57-3b1f0e2d7c11' }] });
+    await application('kube-prometheus-stack', { annotations: { 'argocd.argoproj.io/tracking-id': 'monitoring:argoproj.io/Application:argocd/kube-prometheus-stack' } });
     const mark = await auditMark(cp);
     const r = await doctor(config(cp.kubeconfigPath));
     const counts = await countRequests(cp, { since: mark });
     assert.equal(r.code, 0, `${r.out}\n${r.err}`);
-    // No old group served: /readyz, /apis, 4 discoveries, 5 lists.
-    assert.ok(counts.reads <= 11, `doctor made ${counts.reads} reads on a clean cluster: ${JSON.stringify(counts.byResource)}`);
+    // No old group served: /readyz, /apis, 5 discoveries, 6 lists.
+    assert.ok(counts.reads <= 13, `doctor made ${counts.reads} reads on a clean cluster: ${JSON.stringify(counts.byResource)}`);
     assert.match(r.out, /^no leftovers of the old stack found \(cluster at https:\/\/127\.0\.0\.1:\d+\)$/m);
     const doc = await docDoctor('doctor-after', config(cp.kubeconfigPath));
     assert.equal(doc.code, 0, doc.stdout + doc.stderr);
@@ -101,6 +125,7 @@ describe('doctor', () => {
   it('a cluster with each old-stack component: each named, with why and what to do; exit 3; nothing changed', async () => {
     await installCrds(cp, [OLD_CRDS, join(sharedCrdsDir, 'argocd', 'applications.argoproj.io.yaml')]);
     await waitEstablished(cp, ['ipaddresspools.metallb.io', 'clusterissuers.cert-manager.io', 'clustersecretstores.external-secrets.io', 'helmcharts.helm.cattle.io', 'applications.argoproj.io']);
+    await helmOwned(false);
     for (const n of ['kube-flannel', 'ingress-nginx', 'metallb-system', 'cert-manager', 'external-dns', 'external-secrets', 'argocd']) await ns(n);
     await node('homelab', { 'k3s.io/node-args': JSON.stringify(OLD_K3S_ARGS), 'flannel.alpha.coreos.com/backend-type': 'vxlan', 'flannel.alpha.coreos.com/public-ip': '192.168.0.10' });
     await workload('DaemonSet', 'kube-flannel', 'kube-flannel-ds');
@@ -134,6 +159,8 @@ describe('doctor', () => {
       metadata: { name: 'app-of-apps', namespace: 'argocd', finalizers: ['resources-finalizer.argocd.argoproj.io'] },
       spec: { project: 'default', source: { repoURL: 'https://github.com/peterstorm/.dotfiles.git', targetRevision: 'HEAD', path: 'k8s/argocd/apps' }, destination: { server: 'https://kubernetes.default.svc' } },
     });
+    // An app it deployed (k8s/argocd/apps/kube-plex.yaml), tracked by it.
+    await application('kube-plex', { annotations: { 'argocd.argoproj.io/tracking-id': 'app-of-apps:argoproj.io/Application:argocd/kube-plex' }, finalizers: ['resources-finalizer.argocd.argoproj.io'] });
 
     const mark = await auditMark(cp);
     const r = await doctor(config(cp.kubeconfigPath));
@@ -151,7 +178,7 @@ describe('doctor', () => {
       ['cert-manager', /^cert-manager: found Deployment cert-manager\/cert-manager, ClusterIssuer letsencrypt-prod, 3 cert-manager\.io CRDs/],
       ['external-dns', /^external-dns: found Deployment external-dns\/external-dns, CRD dnsendpoints\.externaldns\.k8s\.io/],
       ['external-secrets', /^external-secrets: found Deployment external-secrets\/external-secrets, ClusterSecretStore azure-store \(Azure Key Vault\)/],
-      ['App of Apps', /^App of Apps: found Application argocd\/app-of-apps\..*do not delete them with kubectl/],
+      ['App of Apps', /^App of Apps: found Application argocd\/app-of-apps, Application argocd\/kube-plex\..*do not delete them with kubectl/],
       ['Argo CD CRDs', /^Argo CD CRDs: found CRD applications\.argoproj\.io\..*takes them over \(helm --take-ownership\)/],
     ];
     for (const [what, re] of expect) assert.ok(lines.some((l) => re.test(l)), `${what} not reported as expected:\n${r.out}`);
@@ -162,9 +189,33 @@ describe('doctor', () => {
     assert.equal(doc.code, 3, doc.stdout + doc.stderr);
     assert.equal(doc.stdout, r.out);
     // /readyz, /apis, one discovery per groupVersion and one list per kind: 21 with every old group served.
+    assert.ok(!/kube-prometheus-stack|monitoring,/.test(r.out), `the new stack's Applications were reported:\n${r.out}`);
     assert.ok(counts.reads <= 21, `doctor made ${counts.reads} reads: ${JSON.stringify(counts.byResource)}`);
     // CRDs are megabytes whole: listed as metadata only.
     assert.ok(counts.events.some((e) => e.objectRef?.resource === 'customresourcedefinitions' && e.verb === 'list'));
+  });
+
+  it("docs/migration.md's listing of the old claims shows each volume's host path and each mount's subPath", async () => {
+    await ns('media');
+    await put('/api/v1/persistentvolumes', {
+      apiVersion: 'v1',
+      kind: 'PersistentVolume',
+      metadata: { name: 'media-ssd' },
+      spec: { storageClassName: 'local-path', capacity: { storage: '400Gi' }, accessModes: ['ReadWriteMany'], hostPath: { path: '/var/data' }, claimRef: { namespace: 'media', name: 'media-ssd' } },
+    });
+    await put('/api/v1/namespaces/media/pods', {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'kube-plex-0', namespace: 'media' },
+      spec: {
+        containers: [{ name: 'plex', image: 'linuxserver/plex', volumeMounts: [{ name: 'data', mountPath: '/data' }, { name: 'data', mountPath: '/config', subPath: 'configs/plex-data' }] }],
+        volumes: [{ name: 'data', persistentVolumeClaim: { claimName: 'media-ssd' } }],
+      },
+    });
+    const r = await runBlock(DOC_BLOCKS.get('old-claims')!, { cwd: dir, shims: makeShims(dir), env: { KUBECONFIG: cp.kubeconfigPath } });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^media-ssd\s+media\s+media-ssd\s+\/var\/data\s+<none>$/m);
+    assert.match(r.stdout, /^media\/kube-plex-0 \/data<-data: \/config<-data:configs\/plex-data$/m);
   });
 
   it('plan/apply preflight: the same findings as warnings before the first bootstrap; one read after it', async () => {

@@ -1,13 +1,15 @@
-// docs/migration.md, step 1 and 2, run as written: the Key Vault exports into SOPS files (through
-// pipes only), check-repo failing on the shipped example tree and passing once the secrets are the
-// user's, and the Plex backup. Its doctor commands are run against the rig in doctor.test.ts.
-// What cannot run here is stood in for (test/rig/doc-blocks.ts): az, sudo, and host paths.
+// docs/migration.md, run as written: the Key Vault exports into SOPS files (through pipes only),
+// check-repo failing on the shipped example tree and passing once the secrets are the user's, the
+// backups by the old config paths, the wipe, the renames to the new tree's config paths, and the
+// retirement of the vault's secrets and the old directories. Its kubectl and doctor commands are
+// run against the rig in doctor.test.ts. What cannot run here is stood in for
+// (test/rig/doc-blocks.ts): az, sudo, and host paths.
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { binPath, repoRoot } from '../rig/binaries.ts';
 import { makeShims, putVaultSecret, runBlock, runnableBlocks, type BlockRun, type Shims } from '../rig/doc-blocks.ts';
 import { ageKeygen, encryptInto, type AgeKey } from '../rig/sops-tree.ts';
@@ -71,8 +73,12 @@ before(() => {
   s.gitops.path = 'k8s/argocd-homelab';
   writeFileSync(join(repo, 'homelab.json'), JSON.stringify(s, null, 2));
   varData = join(dir, 'var-data');
-  mkdirSync(join(varData, 'configs', 'plex', 'Library'), { recursive: true });
-  writeFileSync(join(varData, 'configs', 'plex', 'Library', 'Preferences.xml'), '<Preferences/>\n');
+  // The old App of Apps' layout: kube-plex and Transmission under their subPaths of media-ssd.
+  mkdirSync(join(varData, 'configs', 'plex-data', 'Library'), { recursive: true });
+  writeFileSync(join(varData, 'configs', 'plex-data', 'Library', 'Preferences.xml'), '<Preferences/>\n');
+  mkdirSync(join(varData, 'configs', 'transmission-data', 'transmission-home'), { recursive: true });
+  writeFileSync(join(varData, 'configs', 'transmission-data', 'transmission-home', 'settings.json'), '{}\n');
+  mkdirSync(join(varData, 'configs', 'sonarr'));
 });
 
 describe('docs/migration.md, as written', () => {
@@ -89,9 +95,21 @@ describe('docs/migration.md, as written', () => {
       'grafana-password',
       'host-recipient',
       'new-api-token',
+      'old-claims',
+      'old-configs',
+      'old-dirs',
       'plex-claim',
+      'rename-configs',
+      'vault-delete',
+      'vault-list',
       'wipe',
     ]);
+  });
+
+  it("lists the vault's secret names (and no value)", async () => {
+    const r = await run('vault-list');
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(r.stdout.trim().split('\n').sort(), Object.keys(values).sort());
   });
 
   it("prints the host key's recipient (public), not the key", async () => {
@@ -163,17 +181,23 @@ describe('docs/migration.md, as written', () => {
     assert.match(r.stdout, /: 3 encrypted file\(s\) decrypt with the host key, 3 ksops generator\(s\) complete, 10 host\(s\) agree with the tree$/m);
   });
 
-  it('the Plex backup', async () => {
+  it('shows the config directories as the old setup named them', async () => {
+    const r = await run('old-configs');
+    assert.equal(r.code, 0, r.stderr);
+    for (const d of ['plex-data', 'transmission-data', 'sonarr']) assert.match(r.stdout, new RegExp(` ${d}$`, 'm'));
+  });
+
+  it('the Plex backup, by its old path', async () => {
     const r = await run('backup');
     assert.equal(r.code, 0, r.stderr);
     const tarball = readdirSync(repo).find((f) => /^plex-backup-\d{4}-\d{2}-\d{2}\.tar\.gz$/.test(f));
     assert.ok(tarball, readdirSync(repo).join(', '));
-    assert.match(execFileSync('tar', ['-tzf', join(repo, tarball)], { encoding: 'utf8' }), /^plex\/Library\/Preferences\.xml$/m);
+    assert.match(execFileSync('tar', ['-tzf', join(repo, tarball)], { encoding: 'utf8' }), /^plex-data\/Library\/Preferences\.xml$/m);
     const all = await run('backup-configs');
     assert.equal(all.code, 0, all.stderr);
     const configs = readdirSync(repo).find((f) => /^configs-backup-\d{4}-\d{2}-\d{2}\.tar\.gz$/.test(f));
     assert.ok(configs);
-    assert.match(execFileSync('tar', ['-tzf', join(repo, configs)], { encoding: 'utf8' }), /^configs\/plex\/Library\/Preferences\.xml$/m);
+    assert.match(execFileSync('tar', ['-tzf', join(repo, configs)], { encoding: 'utf8' }), /^configs\/plex-data\/Library\/Preferences\.xml$/m);
   });
 
   it("the wipe deletes k3s' state and nothing of /var/data or /var/lib/sops-nix (on a stand-in root)", async () => {
@@ -189,6 +213,47 @@ describe('docs/migration.md, as written', () => {
     assert.equal(r.code, 0, r.stderr);
     for (const d of k3sState) assert.ok(!existsSync(join(root, d)), `${d} survived the wipe`);
     for (const d of kept) assert.ok(existsSync(join(root, d, 'file')), `${d} was deleted`);
+  });
+
+  it('the renames: the old configs land where the new tree mounts them; an existing config is never overwritten', async () => {
+    const r = await run('rename-configs');
+    assert.equal(r.code, 0, r.stderr);
+    const configs = join(varData, 'configs');
+    assert.deepEqual(readdirSync(configs).sort(), ['plex', 'sonarr', 'transmission']);
+    assert.ok(existsSync(join(configs, 'plex', 'Library', 'Preferences.xml')));
+    assert.ok(existsSync(join(configs, 'transmission', 'transmission-home', 'settings.json')));
+    const again = await run('rename-configs');
+    assert.equal(again.code, 0, `run twice: ${again.stderr}`);
+    // A config under both names: mv -T stops instead of moving one into the other.
+    mkdirSync(join(configs, 'plex-data'));
+    writeFileSync(join(configs, 'plex-data', 'Preferences.xml'), '<Preferences/>\n');
+    const both = await run('rename-configs');
+    assert.notEqual(both.code, 0);
+    assert.ok(existsSync(join(configs, 'plex-data', 'Preferences.xml')) && existsSync(join(configs, 'plex', 'Library', 'Preferences.xml')));
+  });
+
+  it("retiring the vault: every secret deleted, nothing printed", async () => {
+    const r = await run('vault-delete');
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.deepEqual(readdirSync(join(shims.vaultDir, VAULT)), []);
+  });
+
+  it('the old directories: removed from git, the new tree kept, a directory the repository lacks is no error', async () => {
+    const git = join(dir, 'git-repo');
+    for (const f of ['k8s/argocd/app-of-apps.yaml', 'k8s/argocd/apps/kube-plex.yaml', 'k8s/terraform/main.tf', 'k8s/argocd-homelab/appsets.yaml']) {
+      mkdirSync(dirname(join(git, f)), { recursive: true });
+      writeFileSync(join(git, f), 'x\n');
+    }
+    const g = (...args: string[]) => execFileSync('git', ['-c', 'user.name=t', '-c', 'user.email=t@example.com', '-c', 'init.defaultBranch=main', ...args], { cwd: git, encoding: 'utf8', env: { PATH: process.env.PATH, HOME: dir } });
+    g('init', '--quiet');
+    g('add', '.');
+    g('commit', '--quiet', '-m', 'old');
+    const r = await runBlock(blocks.get('old-dirs')!, { cwd: git, shims });
+    assert.equal(r.code, 0, r.stderr); // k8s/terraform-homelab does not exist here
+    assert.equal(g('ls-files'), 'k8s/argocd-homelab/appsets.yaml\n');
+    assert.ok(!existsSync(join(git, 'k8s', 'argocd')) && !existsSync(join(git, 'k8s', 'terraform')));
+    assert.match(g('status', '--porcelain'), /^D  k8s\/argocd\/app-of-apps\.yaml$/m);
   });
 
   it('no secret reached an output or a plaintext file', () => {

@@ -2,7 +2,7 @@
 // right before its ```sh fence is run by bash (errexit, pipefail) with the given substitutions
 // (paths of this machine for the host's), and with small stand-ins on PATH only for what cannot
 // run here: `sudo` (the tests already run with the rights needed), `az` (Azure cannot be reached:
-// it answers `keyvault secret show … --query value -o tsv` from files, as az prints it) and
+// it answers the runbook's `keyvault secret show|list|delete` from files, as az prints it) and
 // `homelab-bootstrap` (this checkout's CLI).
 import { execFile } from 'node:child_process';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -42,8 +42,11 @@ export function makeShims(dir: string): Shims {
   shim(
     'az',
     `#!/bin/sh
-# Only what the runbook runs: az keyvault secret show --vault-name V --name N --query value -o tsv
-[ "$1 $2 $3" = "keyvault secret show" ] || { echo "az stand-in: unsupported: $1 $2 $3" >&2; exit 2; }
+# Only what the runbook runs, as az answers it: az keyvault secret show --vault-name V --name N
+# --query value -o tsv (the value), list --vault-name V --query '[].name' -o tsv (the names), and
+# delete --vault-name V --name N -o none (nothing printed).
+[ "$1 $2" = "keyvault secret" ] || { echo "az stand-in: unsupported: $1 $2" >&2; exit 2; }
+verb=$3
 shift 3
 vault= name= query= out=
 while [ $# -gt 0 ]; do
@@ -55,10 +58,22 @@ while [ $# -gt 0 ]; do
     *) echo "az stand-in: unknown argument $1" >&2; exit 2;;
   esac
 done
-[ "$query" = value ] && [ "$out" = tsv ] || { echo "az stand-in: expected --query value -o tsv" >&2; exit 2; }
+[ -d "${vaultDir}/$vault" ] || { echo "ERROR: The Vault '$vault' not found within subscription." >&2; exit 3; }
 f="${vaultDir}/$vault/$name"
-[ -f "$f" ] || { echo "ERROR: (SecretNotFound) A secret with (name/id) $name was not found in this key vault." >&2; exit 3; }
-cat "$f"; echo
+case "$verb" in
+  show)
+    [ "$query" = value ] && [ "$out" = tsv ] || { echo "az stand-in: expected --query value -o tsv" >&2; exit 2; }
+    [ -f "$f" ] || { echo "ERROR: (SecretNotFound) A secret with (name/id) $name was not found in this key vault." >&2; exit 3; }
+    cat "$f"; echo;;
+  list)
+    [ "$query" = "[].name" ] && [ "$out" = tsv ] || { echo "az stand-in: expected --query '[].name' -o tsv" >&2; exit 2; }
+    ls "${vaultDir}/$vault";;
+  delete)
+    [ "$out" = none ] || { echo "az stand-in: delete prints the deleted secret; expected -o none" >&2; exit 2; }
+    [ -f "$f" ] || { echo "ERROR: (SecretNotFound) A secret with (name/id) $name was not found in this key vault." >&2; exit 3; }
+    rm "$f";;
+  *) echo "az stand-in: unsupported: keyvault secret $verb" >&2; exit 2;;
+esac
 `,
   );
   return { dir: bin, vaultDir };

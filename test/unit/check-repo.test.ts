@@ -85,6 +85,21 @@ test('ksops generators: every file they name exists (relative to the generator)'
   assert.match(p[0]!.message, /names \.\/secret\.enc\.yaml, which does not exist \(gitops\/b\/secret\.enc\.yaml\)/);
 });
 
+test('ksops v4 generators: secretFrom[].files are checked too; a generator with no files at all is a problem', () => {
+  const v4 = (files: string[]) => `apiVersion: viaduct.ai/v1\nkind: ksops\nmetadata:\n  name: v4\nsecretFrom:\n  - metadata:\n      name: s\n    type: Opaque\n    files:\n${files.map((f) => `      - ${f}\n`).join('')}`;
+  const root = tree({
+    'gitops/a/ksops-generator.yaml': v4(['./secrets.enc.yaml', 'token=./token.enc.yaml']),
+    'gitops/a/secrets.enc.yaml': encrypted(HOST),
+    'gitops/a/token.enc.yaml': encrypted(HOST),
+    'gitops/b/ksops-generator.yaml': v4(['./gone.enc.yaml']),
+    'gitops/c/ksops-generator.yaml': 'apiVersion: viaduct.ai/v1\nkind: ksops\nmetadata:\n  name: empty\nsecretFrom:\n  - metadata:\n      name: s\n',
+  });
+  const p = generatorProblems(readTree(root, 'gitops')).map((x) => `${x.file}: ${x.message}`);
+  assert.equal(p.length, 2, p.join('\n'));
+  assert.match(p[0]!, /^gitops\/b\/ksops-generator\.yaml: ksops generator v4 names \.\/gone\.enc\.yaml, which does not exist/);
+  assert.match(p[1]!, /^gitops\/c\/ksops-generator\.yaml: is a ksops generator without files:/);
+});
+
 test('the shipped tree: its generators are complete and its hosts agree with examples/homelab.json', () => {
   const settings = loadSettings(join(repoRoot, 'examples', 'homelab.json'));
   const t = readTree(repoRoot, settings.gitops.path);

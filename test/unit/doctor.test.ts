@@ -31,7 +31,15 @@ function newStack(): ClusterSnapshot {
   const helmOwned = { labels: { 'app.kubernetes.io/managed-by': 'Helm' }, annotations: { 'meta.helm.sh/release-name': 'argocd', 'meta.helm.sh/release-namespace': 'argocd' } };
   s.crds = ['applications.argoproj.io', 'applicationsets.argoproj.io', 'appprojects.argoproj.io'].map((n) => obj('apiextensions.k8s.io/v1', 'CustomResourceDefinition', n, undefined, helmOwned));
   s.crds.push(obj('apiextensions.k8s.io/v1', 'CustomResourceDefinition', 'ciliumloadbalancerippools.cilium.io'));
-  s.applications = [obj('argoproj.io/v1alpha1', 'Application', 'sonarr', 'argocd', { ownerReferences: [{ apiVersion: 'argoproj.io/v1alpha1', kind: 'ApplicationSet', name: 'homelab' }] })];
+  const byAppSet = { ownerReferences: [{ apiVersion: 'argoproj.io/v1alpha1', kind: 'ApplicationSet', name: 'homelab' }] };
+  s.applications = [
+    obj('argoproj.io/v1alpha1', 'Application', 'sonarr', 'argocd', byAppSet),
+    obj('argoproj.io/v1alpha1', 'Application', 'monitoring', 'argocd', byAppSet),
+    // infra/monitoring/kube-prometheus-stack.yaml: an Application the `monitoring` app syncs.
+    obj('argoproj.io/v1alpha1', 'Application', 'kube-prometheus-stack', 'argocd', { annotations: { 'argocd.argoproj.io/tracking-id': 'monitoring:argoproj.io/Application:argocd/kube-prometheus-stack' } }),
+    // One level further down, with label tracking.
+    obj('argoproj.io/v1alpha1', 'Application', 'grandchild', 'argocd', { labels: { 'app.kubernetes.io/instance': 'kube-prometheus-stack' } }),
+  ];
   s.ingressClasses = [obj('networking.k8s.io/v1', 'IngressClass', 'cilium', undefined, {}, { spec: { controller: 'cilium.io/ingress-controller' } })];
   return s;
 }
@@ -45,6 +53,13 @@ test('k3s node-args: flags with separate or = values, booleans', () => {
   assert.deepEqual(a.values('flannel-backend'), ['none']);
   assert.deepEqual(a.values('disable'), ['servicelb', 'traefik']);
   assert.ok(a.has('disable-kube-proxy'));
+  // k3s stores `--disable-kube-proxy=false` as two args.
+  const off = k3sNodeArgs(obj('v1', 'Node', 'n', undefined, { annotations: { 'k3s.io/node-args': JSON.stringify(['server', '--disable-kube-proxy', 'false', '--disable-network-policy', '--flannel-backend', 'none']) } }))!;
+  assert.equal(off.has('disable-kube-proxy'), false);
+  assert.equal(off.has('disable-network-policy'), true);
+  const s = newStack();
+  s.nodes[0]!.metadata.annotations = { 'k3s.io/node-args': JSON.stringify(['server', '--flannel-backend', 'none', '--disable-network-policy', '--disable-kube-proxy', 'false', '--disable', 'servicelb,traefik']) };
+  assert.deepEqual(clusterFindings(s).map((x) => x.component), ['kube-proxy']);
   assert.equal(k3sNodeArgs(obj('v1', 'Node', 'n', undefined, { annotations: { 'k3s.io/node-args': 'not json' } })), undefined);
 });
 
@@ -130,4 +145,55 @@ test('readHost: links from the given directory; iptables-save refused without ro
   } finally {
     process.env.PATH = path;
   }
+});
+
+test('App of Apps: the old root and the Applications it tracks are findings; a tracking cycle ends', () => {
+  const s = newStack();
+  const tracked = (app: string, name: string) => ({ annotations: { 'argocd.argoproj.io/tracking-id': `${app}:argoproj.io/Application:argocd/${name}` } });
+  s.applications.push(
+    obj('argoproj.io/v1alpha1', 'Application', 'app-of-apps', 'argocd'),
+    obj('argoproj.io/v1alpha1', 'Application', 'kube-plex', 'argocd', tracked('app-of-apps', 'kube-plex')),
+    obj('argoproj.io/v1alpha1', 'Application', 'external-dns', 'argocd', { labels: { 'app.kubernetes.io/instance': 'app-of-apps' } }),
+    // A tracking id copied from another object does not count: Argo CD ignores it.
+    obj('argoproj.io/v1alpha1', 'Application', 'copied', 'argocd', tracked('monitoring', 'kube-prometheus-stack')),
+    obj('argoproj.io/v1alpha1', 'Application', 'ping', 'argocd', tracked('pong', 'ping')),
+    obj('argoproj.io/v1alpha1', 'Application', 'pong', 'argocd', tracked('ping', 'pong')),
+  );
+  const f = clusterFindings(s);
+  assert.deepEqual(f.map((x) => x.component), ['App of Apps']);
+  assert.equal(f[0]!.found, 'Application argocd/app-of-apps, Application argocd/kube-plex, Application argocd/external-dns, Application argocd/copied, Application argocd/ping, Application argocd/pong');
+});
+
+test('Argo CD CRDs: without Helm ownership the bootstrap takes them over; of another release, uninstall it', () => {
+  const s = newStack();
+  s.crds[0]!.metadata.labels = {};
+  s.crds[0]!.metadata.annotations = {};
+  s.crds[1]!.metadata.annotations = { 'meta.helm.sh/release-name': 'argo-cd', 'meta.helm.sh/release-namespace': 'argo' };
+  const f = clusterFindings(s).map(formatFinding);
+  assert.equal(f.length, 2, f.join('\n'));
+  assert.match(f[0]!, /^Argo CD CRDs: found CRD applications\.argoproj\.io\. .*What to do: nothing: the bootstrap takes them over/);
+  assert.match(f[1]!, /^Argo CD CRDs: found CRD applicationsets\.argoproj\.io \(Helm release argo\/argo-cd\)\. .*refuses.*What to do: uninstall that release \(helm uninstall argo-cd -n argo\).*do not delete the CRDs/);
+  assert.doesNotMatch(f[1]!, /takes them over/);
+  // The release name alone names another release too.
+  s.crds[0]!.metadata.annotations = { 'meta.helm.sh/release-name': 'old-argocd' };
+  assert.match(clusterFindings(s).map(formatFinding).join('\n'), /applications\.argoproj\.io \(Helm release argocd\/old-argocd\).*helm uninstall old-argocd -n argocd/);
+});
+
+test("host: app configs in the old setup's names (<app>-data) are a finding with the mv; other directories are not", async () => {
+  assert.deepEqual(hostFindings({ configs: { dir: '/var/data/configs', entries: ['plex', 'transmission', 'keycloak-data', 'monitoring'] }, notes: [] }), []);
+  const f = hostFindings({ configs: { dir: '/var/data/configs', entries: ['plex-data', 'transmission-data', 'sonarr'] }, notes: [] });
+  assert.equal(f.length, 1);
+  assert.equal(
+    formatFinding(f[0]!),
+    'app configs: found plex-data, transmission-data in /var/data/configs (the old setup\'s names). Why it matters: the new tree mounts /var/data/configs/<app>, so plex, transmission would start empty. What to do: with k3s stopped (docs/migration.md, step 5): sudo mv -T /var/data/configs/plex-data /var/data/configs/plex; sudo mv -T /var/data/configs/transmission-data /var/data/configs/transmission.',
+  );
+  const dir = mkdtempSync(join(tmpdir(), 'hb-doctor-configs-'));
+  mkdirSync(join(dir, 'plex-data'));
+  writeFileSync(join(dir, 'sonarr-data'), 'a file, not a config directory');
+  const h = await readHost({ sysClassNet: dir, configsDir: dir });
+  assert.deepEqual(h.configs, { dir, entries: ['plex-data'] });
+  assert.match(formatFinding(hostFindings(h).find((x) => x.component === 'app configs')!), new RegExp(`sudo mv -T ${dir}/plex-data ${dir}/plex\\.$`));
+  const none = await readHost({ sysClassNet: dir, configsDir: join(dir, 'missing') });
+  assert.equal(none.configs, undefined);
+  assert.match(none.notes.join('\n'), /app config directories not checked: .*missing cannot be read \(ENOENT\)/);
 });
