@@ -14,6 +14,7 @@ import { helmUnderTest, type HelmShim } from '../rig/helm-shim.ts';
 import { linesLogger, runHelmStep, useHelmShim } from '../rig/helm-run.ts';
 import { startControlPlane, type ControlPlane } from '../rig/control-plane.ts';
 import { argocdChart, ciliumChart } from '../rig/charts.ts';
+import { pinnedImage } from '../rig/pins.ts';
 import { NODE_NAME, NOT_READY_ANNOTATION, START_AFTER_ANNOTATION } from '../rig/node-sim.ts';
 import { auditMark, countRequests } from '../rig/audit.ts';
 import { kubeJson } from '../rig/kube-http.ts';
@@ -166,7 +167,7 @@ describe(`helm steps against a real apiserver (${HELM})`, () => {
     // The ksops patch as the apiserver holds it.
     const repo = (await get('/apis/apps/v1/namespaces/argocd/deployments/argocd-repo-server')).spec.template.spec;
     const init = repo.initContainers.find((c: any) => c.name === 'install-ksops');
-    assert.equal(init.image, 'viaductoss/ksops:v4.5.1');
+    assert.equal(init.image, pinnedImage('viaductoss/ksops'));
     assert.deepEqual(init.command, ['/usr/local/bin/ksops', 'install', '/custom-tools']);
     assert.ok(repo.volumes.find((v: any) => v.name === 'custom-tools' && v.emptyDir));
     assert.equal(repo.volumes.find((v: any) => v.name === 'sops-age').secret.secretName, 'sops-age-key');

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { parseSettings } from '../../src/settings/load.ts';
 import type { SettingsInput } from '../../src/settings/schema.ts';
 import { argocdValues } from '../../src/desired/argocd-values.ts';
+import { pinnedImage } from '../rig/pins.ts';
 
 const base: SettingsInput = {
   domain: 'example.org',
@@ -27,11 +28,11 @@ test('kustomize build options enable plugins, exec (ksops) and helm (helmCharts)
   assert.deepEqual(opts.split(' ').sort(), ['--enable-alpha-plugins', '--enable-exec', '--enable-helm']);
 });
 
-test('ksops v4.5.1 installs only itself into the custom-tools emptyDir from an initContainer', () => {
+test('ksops (pinned in pins.yaml) installs only itself into the custom-tools emptyDir from an initContainer', () => {
   const r = repo();
   assert.deepEqual(byName(r.volumes, 'custom-tools'), { name: 'custom-tools', emptyDir: {} });
   const init = byName(r.initContainers, 'install-ksops');
-  assert.equal(init.image, 'viaductoss/ksops:v4.5.1');
+  assert.equal(init.image, pinnedImage('viaductoss/ksops'));
   // Distroless image: the old `/bin/sh -c mv ...` recipe has no shell to run in. No
   // --with-kustomize: ksops' bundled kustomize runs `helm version -c`, which Helm 4 rejects.
   assert.deepEqual(init.command, ['/usr/local/bin/ksops', 'install', '/custom-tools']);

@@ -18,6 +18,7 @@ import { DEFAULTS } from '../../src/settings/schema.ts';
 import { fqdn, ipToInt } from '../../src/settings/names.ts';
 import { ciliumValues } from '../../src/desired/cilium-values.ts';
 import { EXAMPLE_AGE_RECIPIENT, isExampleRecipient } from '../../src/gitops/example-key.ts';
+import { pinnedChart } from '../rig/pins.ts';
 
 // Kubernetes objects are open-ended JSON; the tests check shapes field by field.
 type Obj = any;
@@ -694,11 +695,13 @@ describe('media: shared paths and hard links', () => {
     }
   });
 
-  it('Plex reads the library read-only at /media, the old setup\'s path, so existing libraries stay available', () => {
+  it('Plex reads the library read-only at both old paths (/data/media of kube-plex, /media of the interim tree), so existing libraries stay available', () => {
     const w = podSpecs(app('plex').objects)[0]!;
     const c = w.spec.containers.find((x: Obj) => x.name === 'plex');
-    for (const sub of ['tv', 'movies']) assert.equal(resolvePath(w.spec, c, `/media/${sub}`)?.hostPath, `/var/data/media/${sub}`);
-    assert.equal(resolvePath(w.spec, c, '/media')?.mount.readOnly, true);
+    for (const root of ['/data/media', '/media']) {
+      for (const sub of ['tv', 'movies']) assert.equal(resolvePath(w.spec, c, `${root}/${sub}`)?.hostPath, `/var/data/media/${sub}`, root);
+      assert.equal(resolvePath(w.spec, c, root)?.mount.readOnly, true, root);
+    }
   });
 
   it('Transmission downloads into /var/data/torrents/{complete,incomplete}', () => {
@@ -862,9 +865,10 @@ describe('infra/monitoring (kube-prometheus-stack Application)', () => {
     const appl = monitoringApplication();
     const src = appl.spec.source;
     assert.equal(src.chart, 'kube-prometheus-stack');
-    assert.equal(src.repoURL, 'https://prometheus-community.github.io/helm-charts');
-    // Moves together with ../shared/crds/prometheus-operator (prometheus-operator v0.93.1).
-    assert.equal(src.targetRevision, '88.5.3');
+    // Moves together with ../shared/crds/prometheus-operator (pins.yaml says which).
+    const pin = pinnedChart('kube-prometheus-stack', tree);
+    assert.equal(src.repoURL, pin.repo);
+    assert.equal(String(src.targetRevision), pin.version);
     assert.equal(src.helm.skipCrds ?? false, false);
     assert.notEqual(monitoringValues().crds?.enabled, false);
     assert.equal(appl.spec.destination.namespace, 'monitoring');

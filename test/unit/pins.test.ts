@@ -1,24 +1,17 @@
 // One table of every version pin (manifests/argocd-homelab/pins.yaml) with its upstream project,
-// held equal to what the tree and the daemon actually use, so a bump starts and ends in one place.
+// held equal to what the tree, the daemon and the README tables actually use, so a bump starts and
+// ends in one place.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { parseAllDocuments, parse as parseYaml } from 'yaml';
+import { join, relative, resolve } from 'node:path';
+import { parseAllDocuments } from 'yaml';
 import { DEFAULTS } from '../../src/settings/schema.ts';
+import { defaultTree as tree, readPins, type Pin } from '../rig/pins.ts';
 
 type Obj = any;
-const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const tree = join(repoRoot, 'manifests', 'argocd-homelab');
-
-interface Pin {
-  name: string;
-  version: string;
-  upstream: string;
-  repo?: string;
-}
-const table = parseYaml(readFileSync(join(tree, 'pins.yaml'), 'utf8')) as { images: Pin[]; charts: Pin[] };
+const repoRoot = resolve(tree, '..', '..');
+const table = readPins();
 
 function walk(dir: string): string[] {
   return readdirSync(dir).flatMap((n) => (statSync(join(dir, n)).isDirectory() ? walk(join(dir, n)) : [join(dir, n)]));
@@ -46,12 +39,15 @@ function usedPins(): { images: (Pin & { file: string })[]; charts: (Pin & { file
     }
   }
   images.push({ ...splitImage(DEFAULTS.ksopsImage), upstream: '', file: 'src/settings/schema.ts (DEFAULTS.ksopsImage)' });
+  for (const [key, c] of Object.entries({ cilium: DEFAULTS.cilium, argocd: DEFAULTS.argocd })) {
+    charts.push({ name: c.chart, repo: c.repo, version: c.version, upstream: '', file: `src/settings/schema.ts (DEFAULTS.${key})` });
+  }
   return { images, charts };
 }
 
 test('every pin of the tree is in pins.yaml with the same version, and every row is used', () => {
   const used = usedPins();
-  assert.ok(used.images.length >= 8 && used.charts.length >= 1, 'the walk found the pins');
+  assert.ok(used.images.length >= 8 && used.charts.length >= 3, 'the walk found the pins');
   for (const [kind, rows, uses] of [['image', table.images, used.images], ['chart', table.charts, used.charts]] as const) {
     for (const u of uses) {
       const row = rows.find((r) => r.name === u.name);
@@ -81,12 +77,81 @@ test('Overseerr is gone for its maintained successor, and Transmission ships 4.1
   assert.ok(major! > 5 || (major === 5 && minor! >= 5), `haugene/transmission-openvpn ${t?.version} ships Transmission 4.0.5, which trackers refuse`);
 });
 
-test('renovate.json parses and covers the tree and pins.yaml', () => {
+/** The Image cells of the apps table that follows `heading` (the first `| App |` table after it). */
+function imageCells(file: string, heading: string): string[] {
+  const lines = readFileSync(join(repoRoot, file), 'utf8').split('\n');
+  const from = lines.indexOf(heading);
+  assert.ok(from >= 0, `${file}: no "${heading}"`);
+  const start = lines.findIndex((l, i) => i > from && l.startsWith('| App |'));
+  assert.ok(start > from, `${file}: no apps table under "${heading}"`);
+  const end = lines.findIndex((l, i) => i > start && !l.startsWith('|'));
+  const cells = (l: string) => l.split('|').slice(1, -1).map((c) => c.trim());
+  const col = cells(lines[start]!).findIndex((c) => c.startsWith('Image'));
+  assert.ok(col > 0, `${file}: the apps table has no Image column`);
+  return lines.slice(start + 2, end).map((l) => cells(l)[col]!);
+}
+
+test('the README apps tables show the pinned versions (a stale row fails)', () => {
+  const treeImages = new Set(usedPins().images.filter((u) => !u.file.startsWith('src/')).map((u) => u.name));
+  for (const [file, heading] of [['README.md', '## The GitOps tree'], ['manifests/argocd-homelab/README.md', '## Apps']] as const) {
+    const seen = new Set<string>();
+    for (const cell of imageCells(file, heading)) {
+      for (const m of cell.matchAll(/`([^`\s]+):([^`\s:]+)`/g)) {
+        const pin = table.images.find((p) => p.name === m[1]);
+        assert.ok(pin, `${file}: ${m[1]} is not in pins.yaml`);
+        assert.equal(m[2], pin.version, `${file}: ${m[1]}:${m[2]}, but pins.yaml says ${pin.version}`);
+        seen.add(pin.name);
+      }
+      for (const m of cell.matchAll(/([\w-]+) chart (v?\d[\w.]*)/g)) {
+        const pin = table.charts.find((p) => p.name === m[1]);
+        assert.ok(pin, `${file}: chart ${m[1]} is not in pins.yaml`);
+        assert.equal(m[2], pin.version, `${file}: chart ${m[1]} ${m[2]}, but pins.yaml says ${pin.version}`);
+      }
+    }
+    assert.deepEqual([...seen].sort(), [...treeImages].sort(), `${file}: the apps table should show every image of the tree`);
+  }
+});
+
+/** What Renovate's custom regex managers extract from the files they match, as Renovate reads them. */
+function renovateExtract(cfg: Obj): { file: string; datasource: string; depName: string; currentValue: string; registryUrl?: string }[] {
+  const candidates = [...walk(tree), join(repoRoot, 'src', 'settings', 'schema.ts')].map((f) => relative(repoRoot, f));
+  return cfg.customManagers.flatMap((m: Obj) => {
+    assert.equal(m.customType, 'regex');
+    const patterns = (m.managerFilePatterns as string[]).map((p) => new RegExp(p.replace(/^\/(.*)\/$/, '$1')));
+    const files = candidates.filter((f) => patterns.some((p) => p.test(f)));
+    assert.ok(files.length > 0, `${m.description}: matches no file`);
+    return files.flatMap((file) => {
+      const text = readFileSync(join(repoRoot, file), 'utf8');
+      const found = (m.matchStrings as string[]).flatMap((re) => [...text.matchAll(new RegExp(re, 'g'))]);
+      assert.ok(found.length > 0, `${m.description}: extracts nothing from ${file}`);
+      return found.map((x) => {
+        const registryUrl: string | undefined = x.groups!.registryUrl ?? m.registryUrlTemplate;
+        return { file, datasource: m.datasourceTemplate, depName: x.groups!.depName!, currentValue: x.groups!.currentValue!, ...(registryUrl ? { registryUrl } : {}) };
+      });
+    });
+  });
+}
+
+test('renovate.json: each regex manager matches its file today and extracts every pin with its version', () => {
   const cfg = JSON.parse(readFileSync(join(repoRoot, 'renovate.json'), 'utf8'));
-  const patterns = JSON.stringify(cfg);
-  assert.match(patterns, /pins\\\\\.yaml/);
-  const pinsRule = cfg.customManagers.find((m: Obj) => m.datasourceTemplate === 'docker' && String(m.managerFilePatterns).includes('pins'));
-  const re = new RegExp(pinsRule.matchStrings[0], 'g');
-  const found = [...readFileSync(join(tree, 'pins.yaml'), 'utf8').matchAll(re)].map((m) => `${m.groups?.depName}:${m.groups?.currentValue}`);
-  assert.deepEqual(found.sort(), table.images.map((p) => `${p.name}:${p.version}`).sort(), 'the Renovate regex does not see every image row');
+  const key = (d: { file: string; datasource: string; depName: string; currentValue: string; registryUrl?: string }) =>
+    `${d.file} ${d.datasource} ${d.depName} ${d.currentValue}${d.registryUrl ? ` @${d.registryUrl}` : ''}`;
+  const pins = 'manifests/argocd-homelab/pins.yaml';
+  const schema = 'src/settings/schema.ts';
+  const want = [
+    ...table.images.map((p) => ({ file: pins, datasource: 'docker', depName: p.name, currentValue: p.version })),
+    ...table.charts.map((p) => ({ file: pins, datasource: 'helm', depName: p.name, currentValue: p.version, registryUrl: p.repo })),
+    { file: schema, datasource: 'docker', ...(({ name, version }) => ({ depName: name, currentValue: version }))(splitImage(DEFAULTS.ksopsImage)) },
+    { file: schema, datasource: 'helm', depName: 'cilium', currentValue: DEFAULTS.cilium.version, registryUrl: 'https://helm.cilium.io' },
+    { file: schema, datasource: 'helm', depName: 'argo-cd', currentValue: DEFAULTS.argocd.version, registryUrl: 'https://argoproj.github.io/argo-helm' },
+  ];
+  assert.deepEqual(renovateExtract(cfg).map(key).sort(), want.map(key).sort());
+});
+
+test('renovate.json: a daemon chart bump waits for approval (it needs the Nix hash and test charts too)', () => {
+  const cfg = JSON.parse(readFileSync(join(repoRoot, 'renovate.json'), 'utf8'));
+  for (const name of ['cilium', 'argo-cd', 'kube-prometheus-stack']) {
+    const rule = cfg.packageRules.find((r: Obj) => r.matchPackageNames?.includes(name));
+    assert.equal(rule?.dependencyDashboardApproval, true, `${name} needs dependencyDashboardApproval`);
+  }
 });
