@@ -47,7 +47,7 @@ export interface Tunnel {
   name: string;
   createdAt: string;
   configSrc: 'local' | 'cloudflare';
-  /** Running cloudflared processes (distinct connector ids among the tunnel's connections). */
+  /** Running cloudflared processes: distinct connector ids in the list's connections, else from the connections endpoint (see listTunnels). */
   connectors: number;
   /** inactive (never ran), healthy, degraded, down (ran before, no connection now). */
   status: string;
@@ -150,6 +150,12 @@ function toRecord(r: RawRecord): DnsRecord {
   };
 }
 
+/** Connector ids in the list's `connections` array: deprecated, and empty once Cloudflare stops filling it. */
+const inlineConnectors = (t: RawTunnel): number => new Set((Array.isArray(t.connections) ? t.connections : []).map((c) => c.client_id ?? c.id ?? '')).size;
+
+/** Statuses that mean cloudflared is connected now: only then is a connector count worth a request. */
+const LIVE_STATUSES: ReadonlySet<string> = new Set(['healthy', 'degraded']);
+
 function toTunnel(t: RawTunnel): Tunnel {
   const conns = Array.isArray(t.connections) ? t.connections : [];
   return {
@@ -158,7 +164,7 @@ function toTunnel(t: RawTunnel): Tunnel {
     createdAt: t.created_at ?? '',
     // Tunnels of older accounts carry only remote_config.
     configSrc: t.config_src ?? (t.remote_config ? 'cloudflare' : 'local'),
-    connectors: new Set(conns.map((c) => c.client_id ?? c.id ?? '')).size,
+    connectors: inlineConnectors(t),
     status: t.status ?? (conns.length > 0 ? 'healthy' : 'inactive'),
   };
 }
@@ -422,7 +428,7 @@ export class CloudflareClient {
 
   // ---- tunnel -------------------------------------------------------------------------------
 
-  /** Every non-deleted tunnel of the account: the one to manage and the others worth reporting, in one list. */
+  /** Every non-deleted tunnel of the account, with its connector count: the one to manage and the others worth reporting. */
   async listTunnels(signal?: AbortSignal): Promise<Tunnel[]> {
     const accountId = this.#cf.accountId;
     const raw = await this.#pages<RawTunnel>(
@@ -433,7 +439,23 @@ export class CloudflareClient {
         }),
       TUNNEL_PAGE,
     );
-    return raw.filter((t) => !t.deleted_at).map(toTunnel);
+    const tunnels = raw.filter((t) => !t.deleted_at).map(toTunnel);
+    // The list's `connections` array is deprecated ("will start returning an empty array"): the
+    // status stays the list's signal, and a live tunnel that lists no connections is asked directly.
+    // While the array is still filled, that costs nothing more.
+    for (const t of tunnels) {
+      if (t.connectors === 0 && LIVE_STATUSES.has(t.status)) t.connectors = await this.countConnectors(t.id, signal);
+    }
+    return tunnels;
+  }
+
+  /** Running cloudflared processes of a tunnel: connectors holding at least one connection to the edge. */
+  async countConnectors(tunnelId: string, signal?: AbortSignal): Promise<number> {
+    const page = await this.#call(`reading the connections of tunnel ${tunnelId}`, 'tunnel', (c) =>
+      c.zeroTrust.tunnels.cloudflared.connections.get(tunnelId, { account_id: this.#cf.accountId }, { signal }),
+    );
+    // `conns` is optional in the schema: a connector listed without it is still running.
+    return page.result.filter((client) => !Array.isArray(client.conns) || client.conns.length > 0).length;
   }
 
   /** Non-deleted tunnels of the account with exactly this name. */

@@ -83,7 +83,8 @@ export function ownerIdOf(cf: NonNullable<Settings['cloudflare']>): string {
 
 /**
  * Whose record this is, read from its comment: this install's (`mine`), an earlier version's
- * without an owner id (`legacy`, taken over in place), another install's (`other`), or
+ * without an owner id (`legacy`: taken over in place on this install's names, left alone and
+ * reported elsewhere, see strayLegacy), another install's (`other`), or
  * nobody's known (`none`). `suffix` is what follows the marker (a person's note, with its
  * separator); a longer word such as "managed-by=homelab-bootstrapper" is no marker.
  */
@@ -101,6 +102,13 @@ export function ownership(comment: string | null | undefined, owner: string): Ow
 }
 
 const isOurs = (o: Ownership): boolean => o.kind === 'mine' || o.kind === 'legacy';
+
+/**
+ * A bare-marker record on a name this install does not want: every install wrote that marker
+ * before owner ids, so it may be another install's still (two installs on one zone). Deleting
+ * it would take that install's record away; it is reported instead, and never touched.
+ */
+const isStrayLegacy = (r: ExistingRecord, o: Ownership, wanted: ReadonlySet<string>): boolean => o.kind === 'legacy' && !wanted.has(r.name);
 
 /** The marker, then what a person wrote (kept on every write); the note is cut to fit, never the marker. */
 export function ownedComment(marker: string, note: string): string {
@@ -282,8 +290,9 @@ function planZone(want: DnsWant, zoneWant: ZoneWant, existing: readonly Existing
   }
 
   const wanted = new Map(zoneWant.records.map((d) => [d.name, d]));
+  const wantedNames = new Set(wanted.keys());
   for (const r of existing) {
-    if (!ours(r) || used.has(r.id)) continue;
+    if (!ours(r) || used.has(r.id) || isStrayLegacy(r, of(r), wantedNames)) continue;
     const d = wanted.get(r.name);
     const reason = !d
       ? 'owned by homelab-bootstrap and its host is no longer in hosts'
@@ -293,6 +302,22 @@ function planZone(want: DnsWant, zoneWant: ZoneWant, existing: readonly Existing
     ops.push({ kind: 'delete', zone, existing: r, reason });
   }
   return ops;
+}
+
+/** One line for plan, the log and status per bare-marker record this install leaves alone (see isStrayLegacy). */
+export function strayLegacyNotes(want: DnsWant, have: readonly ZoneRecords[]): string[] {
+  return want.zones.flatMap((z) => {
+    const wanted = new Set(z.records.map((d) => d.name));
+    const records = have.find((h) => h.zone === z.zone)?.records ?? [];
+    return records
+      .filter((r) => isStrayLegacy(r, ownership(r.comment, want.owner), wanted))
+      .map(
+        (r) =>
+          `DNS ${r.type} ${r.name} → ${r.content} (zone ${z.zone}) carries the marker of a homelab-bootstrap version before owner ids ("${MARKER_BASE}" without owner=) ` +
+          `and is not one of this install's hosts: left alone, since another install sharing the zone may still use it (it takes the record over when it upgrades); ` +
+          `if no other install uses it, delete it by hand in the Cloudflare dashboard`,
+      );
+  });
 }
 
 const PHASE: Record<DnsOp['kind'], number> = { delete: 0, update: 1, create: 2, noop: 3, conflict: 3 };

@@ -6,7 +6,7 @@
 import type { Change, Step } from './types.ts';
 import { CloudflarePermissionError } from '../adapters/cloudflare.ts';
 import { ConflictError, isTransient } from '../engine/errors.ts';
-import { changeKey, desiredDns, dnsWarnings, opChange, planDns, renderedZones, spec, type DnsOp, type DnsWant, type ExistingRecord } from '../desired/dns.ts';
+import { changeKey, desiredDns, dnsWarnings, opChange, planDns, renderedZones, spec, strayLegacyNotes, type DnsOp, type DnsWant, type ExistingRecord } from '../desired/dns.ts';
 
 export interface ZoneHave {
   zone: string;
@@ -25,6 +25,9 @@ function opName(op: DnsOp): string {
   return op.kind === 'delete' ? op.existing.name : op.record.name;
 }
 
+/** The record's name and zone, for the step's summary line (names of two zones may look alike). */
+const named = (name: string, zone: string): string => `${name} (zone ${zone})`;
+
 export const dnsStep: Step<DnsWant, DnsHave> = {
   name: 'dns',
   needs: ['tunnel'],
@@ -42,6 +45,7 @@ export const dnsStep: Step<DnsWant, DnsHave> = {
       const zoneId = z.zoneId ?? (await cf.findZone(z.zone, ctx.signal)).id;
       zones.push({ zone: z.zone, zoneId, records: await cf.listRecords(zoneId, {}, ctx.signal) });
     }
+    for (const n of strayLegacyNotes(want, zones)) ctx.log.warn(n);
     return { zones };
   },
 
@@ -53,16 +57,17 @@ export const dnsStep: Step<DnsWant, DnsHave> = {
     const ops = planDns(want, have.zones).filter((op) => requested.has(changeKey(opChange(op))));
     const zoneId = (zone: string) => have.zones.find((z) => z.zone === zone)!.zoneId;
     // Without the tunnel id a CNAME would point at a placeholder: leave those names untouched.
-    const noTunnel = new Set(want.tunnelId ? [] : want.zones.flatMap((z) => z.records).filter((r) => r.type === 'CNAME').map((r) => r.name));
+    const cnames = want.tunnelId ? [] : want.zones.flatMap((z) => z.records.filter((r) => r.type === 'CNAME').map((r) => ({ name: r.name, zone: z.zone })));
+    const noTunnel = new Set(cnames.map((r) => r.name));
     const problems: string[] = [];
     const conflicts: string[] = [];
-    for (const name of noTunnel) problems.push(`${name}: not written, the tunnel id is unknown (the tunnel step produced none)`);
+    for (const r of cnames) problems.push(`${named(r.name, r.zone)}: not written, the tunnel id is unknown (the tunnel step produced none)`);
 
     for (const op of ops) {
       if (op.kind === 'noop' || noTunnel.has(opName(op))) continue;
       if (op.kind === 'conflict') {
         ctx.log.error({ record: `${op.record.type} ${op.record.name}`, zone: op.zone }, `conflict: ${op.detail}`);
-        conflicts.push(`${op.record.name}: conflict: ${op.detail}`);
+        conflicts.push(`${named(op.record.name, op.zone)}: conflict: ${op.detail}`);
         continue;
       }
       try {
@@ -79,8 +84,8 @@ export const dnsStep: Step<DnsWant, DnsHave> = {
       } catch (e) {
         // Worth a retry of the whole step (or hopeless for every record): stop here.
         if (isTransient(e) || e instanceof CloudflarePermissionError || ctx.signal.aborted) throw e;
-        ctx.log.error({ record: opName(op), err: message(e) }, `DNS ${opName(op)}: ${message(e)}`);
-        problems.push(`${opName(op)}: ${message(e)}`);
+        ctx.log.error({ record: opName(op), zone: op.zone, err: message(e) }, `DNS ${named(opName(op), op.zone)}: ${message(e)}`);
+        problems.push(`${named(opName(op), op.zone)}: ${message(e)}`);
       }
     }
     const all = [...problems, ...conflicts];
@@ -90,6 +95,8 @@ export const dnsStep: Step<DnsWant, DnsHave> = {
       throw new ConflictError(`${n} DNS record${n === 1 ? '' : 's'} not written because of a conflict (all others are in place): ${conflicts.join('; ')}`);
     }
   },
+
+  notes: (want, have) => strayLegacyNotes(want, have.zones),
 
   rendered: (want) => ({ dns: renderedZones(want) }),
 };

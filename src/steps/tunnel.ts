@@ -80,7 +80,7 @@ export const tunnelStep: Step<TunnelWant, TunnelHave> = {
 
   async have(ctx, want) {
     const cf = ctx.adapters.cloudflare;
-    // One list of the whole account finds the tunnel, its connectors and the other tunnels.
+    // One list of the whole account finds the tunnel and the other tunnels; a live one whose list entry has no connections costs one more GET for its connectors.
     const all = await cf.listTunnels(ctx.signal);
     const named = all.filter((t) => t.name === want.name);
     const tunnel = oldestTunnel(named);

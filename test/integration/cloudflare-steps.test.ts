@@ -209,8 +209,9 @@ describe('records the daemon does not own', () => {
     await assert.rejects(driveStep(h, dnsStep, tunnel.outputs), (e: Error) => {
       assert.ok(e instanceof ConflictError);
       assert.match(e.message, /^2 DNS records not written because of a conflict/);
-      assert.match(e.message, /sonarr\.peterstorm\.io: conflict/);
-      assert.match(e.message, /grafana\.peterstorm\.io: conflict/);
+      // Each line names the zone too: the step's summary is all a reader of `apply` sees.
+      assert.match(e.message, /; sonarr\.peterstorm\.io \(zone peterstorm\.io\): conflict: sonarr\.peterstorm\.io already has/);
+      assert.match(e.message, /: grafana\.peterstorm\.io \(zone peterstorm\.io\): conflict: /);
       return true;
     });
     for (const s of seeded) assert.deepEqual(emu.records(ZONE).find((r) => r.id === s.id), s, `${s.type} ${s.name} changed`);
@@ -238,7 +239,7 @@ function assertUntouched(zone: string, seeded: { id: string }[]) {
 }
 
 describe('names the tunnel CNAME may share', () => {
-  it('an external host beside TXT, MX and CAA records, and one at the apex beside the mail records, converge and leave them alone', async () => {
+  it("an external host beside TXT, MX and CAA records, and one at the apex beside the zone's NS and the mail records, converge and leave them alone", async () => {
     const seeded = [
       emu.seedRecord(ZONE, { type: 'TXT', name: 'echo-server', content: 'google-site-verification=abc' }),
       emu.seedRecord(ZONE, { type: 'CAA', name: 'echo-server', data: { flags: 0, tag: 'issue', value: 'pki.goog' } }),
@@ -246,6 +247,8 @@ describe('names the tunnel CNAME may share', () => {
       emu.seedRecord(ZONE, { type: 'MX', name: '@', content: 'mail.example.net', priority: 10 }),
       emu.seedRecord(ZONE, { type: 'TXT', name: '@', content: 'v=spf1 include:_spf.example.net -all' }),
       emu.seedRecord(ZONE, { type: 'CAA', name: '@', data: { flags: 0, tag: 'issue', value: 'letsencrypt.org' } }),
+      emu.seedRecord(ZONE, { type: 'NS', name: '@', content: 'ada.ns.cloudflare.com' }),
+      emu.seedRecord(ZONE, { type: 'NS', name: '@', content: 'bob.ns.cloudflare.com' }),
     ];
     const h = harness((s) => s.hosts.push({ name: '@', access: 'external' }));
     const run = await converge(h);
@@ -414,6 +417,46 @@ describe('several installs on one zone (owner identity)', () => {
   });
 });
 
+describe('two installs upgraded from the bare marker on one zone', () => {
+  it("each takes over only its own names, over several runs: no record of either is deleted, the other's are reported", async () => {
+    const stagingOnly = (s: Record<string, any>) => {
+      s.cloudflare.tunnelName = 'staging';
+      s.hosts = [
+        { name: 'stage-app', access: 'local', ip: '192.168.0.241' },
+        { name: 'stage-web', access: 'external' },
+      ];
+    };
+    const home = harness();
+    const stage = harness(stagingOnly);
+    await converge(home);
+    await converge(stage);
+    // Both ran the version before owner ids: every record carries the bare marker.
+    for (const r of emu.zone(ZONE).records.values()) r.comment = LEGACY;
+    const ids = emu.records(ZONE).map((r) => r.id).sort();
+    assert.equal(ids.length, 11);
+    const markers = () => Object.fromEntries(emu.records(ZONE).map((r) => [r.name.replace(`.${ZONE}`, ''), r.comment]));
+
+    for (let round = 1; round <= 3; round++) {
+      emu.resetLog();
+      const h = await converge(home);
+      assert.deepEqual(
+        h.dns.notes.map((n) => /^DNS (\S+ \S+) .*before owner ids.*left alone/.exec(n)?.[1]),
+        round === 1 ? [`A stage-app.${ZONE}`, `CNAME stage-web.${ZONE}`] : [],
+        `round ${round}: the first install reports the other's bare-marker records until that one upgrades`,
+      );
+      const st = await converge(stage);
+      assert.deepEqual(st.dns.notes, [], `round ${round}: the first install's records carry its owner now`);
+      assert.ok(!emu.requests.some((r) => r.method === 'DELETE' || r.method === 'POST'), `round ${round}: nothing deleted or created`);
+      assert.deepEqual(emu.records(ZONE).map((r) => r.id).sort(), ids, `round ${round}: every record of both installs is there, the same ones`);
+      const m = markers();
+      assert.equal(m['stage-app'], `${LEGACY} owner=staging`);
+      assert.equal(m['stage-web'], `${LEGACY} owner=staging`);
+      assert.equal(Object.values(m).filter((c) => c === MARKER).length, 9);
+    }
+    assert.ok(home.lines.some((l) => /"level":"warn"/.test(l) && l.includes(`DNS A stage-app.${ZONE}`) && l.includes('delete it by hand')), 'the log says it too');
+  });
+});
+
 describe('a colliding record added by hand', () => {
   it('a second A on a managed name: plan exits 2 showing it; apply writes nothing (no Lease either) and exits 4 naming the record and what to do', async () => {
     const h = harness();
@@ -443,7 +486,7 @@ describe('a colliding record added by hand', () => {
       const apply = await cli('apply', '--only', 'dns');
       assert.equal(apply.code, EXIT.conflicts, apply.out + apply.err);
       assert.equal(EXIT.conflicts, 4);
-      assert.match(apply.out, /dns\s+conflict\s+0 .*sonarr\.peterstorm\.io: conflict: .*192\.168\.0\.99/);
+      assert.match(apply.out, /dns\s+conflict\s+0 .*sonarr\.peterstorm\.io \(zone peterstorm\.io\): conflict: .*192\.168\.0\.99/);
     }
     assert.deepEqual(emu.writes(), [], 'no Cloudflare write');
     const kube = await countRequests(cp, { since: mark });

@@ -1,6 +1,7 @@
 // The tunnel as the operator sees it: settings made elsewhere in its configuration survive,
 // plan/apply/status tell how many cloudflared connectors it has, other tunnels that still
-// serve traffic are reported (never deleted), a no-op costs at most 4 Cloudflare GETs, and the
+// serve traffic are reported (never deleted), a no-op costs 4 Cloudflare GETs (5 while cloudflared
+// runs, once tunnel lists stop carrying the deprecated `connections` array), and the
 // whole Cloudflare side (tunnel + dns, cold, no-op, faults) stays inside Cloudflare's schema.
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -110,6 +111,8 @@ describe('connectors', () => {
     plan = formatPlan(await engine(h, 'plan'));
     assert.match(plan, new RegExp(`  i tunnel homelab \\(${id}\\): ${EXPECTED_CONNECTORS} connectors, status healthy\\n`));
 
+    assert.ok(emu.requests.some((r) => r.path === `/accounts/${CF_ACCOUNT}/cfd_tunnel/${id}/connections`), 'the tunnel list carries no connections: they are counted from the connections endpoint');
+
     const extra = emu.connect(id);
     plan = formatPlan(await engine(h, 'plan'));
     assert.match(plan, new RegExp(`${EXPECTED_CONNECTORS + 1} connectors, more than the ${EXPECTED_CONNECTORS} the cloudflared Deployment runs: another cloudflared .*\`cloudflared tunnel info homelab\``));
@@ -141,6 +144,8 @@ describe('other tunnels of the account', () => {
     assert.match(plan, new RegExp(`  i other tunnel old-homelab \\(${old.id}\\) still has 2 connectors \\(status healthy\\): .*\`cloudflared tunnel cleanup old-homelab\` then \`cloudflared tunnel delete old-homelab\`.*never deletes a tunnel it did not create`));
     assert.ok(!plan.includes('dormant'), 'a tunnel without connectors is not worth a line');
     assert.ok(h.lines.some((l) => /"level":"warn"/.test(l) && l.includes('other tunnel old-homelab')), 'the log says it too');
+    const asked = emu.requests.filter((r) => r.path.endsWith('/connections')).map((r) => r.path);
+    assert.ok(asked.length > 0 && asked.every((p) => p === `/accounts/${CF_ACCOUNT}/cfd_tunnel/${old.id}/connections`), 'only the live tunnel is asked for its connectors, not the dormant one');
 
     const applied = await engine(h, 'apply');
     assert.deepEqual(applied.map((r) => r.outcome), ['changed', 'changed']);
@@ -152,17 +157,38 @@ describe('other tunnels of the account', () => {
 });
 
 describe('a no-op', () => {
-  it('costs at most 4 Cloudflare GETs on examples/homelab.json: the tunnel list, its configuration, the zone, the owned records', async () => {
-    const h = cfHarness(cp, emu, dir);
-    await converge(h);
+  const NOOP_GETS = ['/accounts/<id>/cfd_tunnel', '/accounts/<id>/cfd_tunnel/<id>/configurations', '/zones', '/zones/<id>/dns_records'];
+  async function noop(h: CfHarness) {
     emu.resetLog();
     const run = await converge(h);
     assert.deepEqual(writesOf([...run.tunnel.changes, ...run.dns.changes]), []);
-    assert.deepEqual(emu.countByMethod(), { GET: 4 });
-    assert.deepEqual(
-      emu.requests.map((r) => r.path.replace(/[0-9a-f]{32}|[0-9a-f-]{36}/g, '<id>')),
-      ['/accounts/<id>/cfd_tunnel', '/accounts/<id>/cfd_tunnel/<id>/configurations', '/zones', '/zones/<id>/dns_records'],
-    );
+    return { notes: run.tunnel.notes, paths: emu.requests.map((r) => `${r.method} ${r.path.replace(/[0-9a-f]{32}|[0-9a-f-]{36}/g, '<id>')}`) };
+  }
+
+  it('costs 4 Cloudflare GETs on examples/homelab.json (the tunnel list, its configuration, the zone, the owned records), 5 while cloudflared runs and the list carries no connections', async () => {
+    const h = cfHarness(cp, emu, dir);
+    await converge(h);
+    assert.deepEqual((await noop(h)).paths, NOOP_GETS.map((p) => `GET ${p}`), 'a tunnel that never connected: its status says 0 connectors');
+
+    const id = emu.liveTunnels()[0]!.id;
+    emu.connect(id);
+    emu.connect(id);
+    const run = await noop(h);
+    assert.deepEqual(run.paths, [NOOP_GETS[0], '/accounts/<id>/cfd_tunnel/<id>/connections', ...NOOP_GETS.slice(1)].map((p) => `GET ${p}`));
+    assert.match(run.notes[0]!, /: 2 connectors, status healthy$/);
+  });
+
+  it('costs 4 GETs while cloudflared runs when the tunnel list still fills its connections array (today\'s API)', async () => {
+    await emu.stop();
+    emu = await CloudflareEmulator.start({ token: CF_TOKEN, accountId: CF_ACCOUNT, zones: [ZONE], inlineConnections: true });
+    const h = cfHarness(cp, emu, dir);
+    await converge(h);
+    const id = emu.liveTunnels()[0]!.id;
+    emu.connect(id);
+    emu.connect(id);
+    const run = await noop(h);
+    assert.deepEqual(run.paths, NOOP_GETS.map((p) => `GET ${p}`), 'no connections GET');
+    assert.match(run.notes[0]!, /: 2 connectors, status healthy$/);
   });
 
   it('still asks for the token when the Secret names another tunnel, or the tunnel lost its connectors', async () => {

@@ -10,7 +10,8 @@
 //
 // Answers have the shapes production returns, including the ones a client must survive: tunnels
 // of older accounts carry `remote_config` and no `config_src`, `result_info` has no
-// `total_pages`, the configuration of a tunnel never configured is `result: null`, and null
+// `total_pages`, the configuration of a tunnel never configured is `result: null`, tunnel lists
+// carry an empty (deprecated) `connections` array unless `inlineConnections`, and null
 // timestamps are left out as the schema declares them. Unless `schema: false`, every request
 // and answer is checked against Cloudflare's OpenAPI schema (./cloudflare-schema.ts): a request
 // the schema rejects is answered 400, an answer it rejects becomes a 500, both say "schema
@@ -131,6 +132,12 @@ export interface EmulatorOptions {
   clock?: () => number;
   /** Cloudflare's OpenAPI schema file to hold requests and answers to, or false. Default: ../shared/cloudflare/openapi-subset.json. */
   schema?: string | false;
+  /**
+   * Whether tunnel answers fill their `connections` array, as the API still does today. The SDK
+   * marks it deprecated ("will start returning an empty array"; use the connections endpoint), so
+   * the default is that future: `connections: []`, and only the status tells a live tunnel.
+   */
+  inlineConnections?: boolean;
 }
 
 /** What the emulator needs of ./cloudflare-schema.ts (loaded only when validation is on). */
@@ -227,6 +234,7 @@ export class CloudflareEmulator {
   readonly #globalLimit: { requests: number; windowMs: number; blockMs?: number } | false;
   readonly #clock: () => number;
   readonly #schemaFile: string | false | undefined;
+  readonly #inlineConnections: boolean;
   #schema: SchemaChecker | undefined;
   /** Requests and answers the OpenAPI schema rejected (see the header). */
   readonly violations: string[] = [];
@@ -237,6 +245,7 @@ export class CloudflareEmulator {
     this.#globalLimit = opts.globalRateLimit ?? { requests: 1200, windowMs: 5 * 60_000 };
     this.#clock = opts.clock ?? Date.now;
     this.#schemaFile = opts.schema;
+    this.#inlineConnections = opts.inlineConnections ?? false;
     if (opts.token) this.setToken(opts.token, opts.permissions ?? ALL_PERMISSIONS);
     for (const z of opts.zones ?? []) typeof z === 'string' ? this.addZone(z) : this.addZone(z.name, z.id);
   }
@@ -310,10 +319,10 @@ export class CloudflareEmulator {
     throw new Error(`emulator: no zone ${name}`);
   }
 
-  /** Adds a record as a person in the dashboard would: same validation as the API, not logged. */
+  /** Adds a record as a person in the dashboard would (its TTL "Auto" unless given): same validation as the API, not logged. */
   seedRecord(zoneName: string, input: Record<string, unknown>): EmulatorRecord {
     const zone = this.zone(zoneName);
-    const rec = this.#buildRecord(zone, input, undefined);
+    const rec = this.#buildRecord(zone, { ttl: 1, ...input }, undefined);
     zone.records.set(rec.id, rec);
     return rec;
   }
@@ -612,16 +621,16 @@ export class CloudflareEmulator {
       }
       if (seg.length === 3 && method === 'POST') {
         need('tunnel:edit');
-        return { result: tunnelView(this.#createTunnel(asObject(body))) };
+        return { result: this.#tunnelView(this.#createTunnel(asObject(body))) };
       }
       const t = this.tunnels.get(seg[3] ?? '');
       if (method === 'GET') need('tunnel:read', 'tunnel:edit');
       else need('tunnel:edit');
       if (!t || (t.deleted_at && seg.length > 4)) throw new HttpError(404, { code: 1003, message: 'Tunnel not found' });
-      if (seg.length === 4 && method === 'GET') return { result: tunnelView(t) };
+      if (seg.length === 4 && method === 'GET') return { result: this.#tunnelView(t) };
       if (seg.length === 4 && method === 'DELETE') {
         if (!t.deleted_at) t.deleted_at = now();
-        return { result: tunnelView(t) };
+        return { result: this.#tunnelView(t) };
       }
       if (seg.length === 5 && seg[4] === 'token' && method === 'GET') return { result: this.tunnelToken(t.id) };
       if (seg.length === 5 && seg[4] === 'connections' && method === 'GET') return { result: t.connectors.map(connectorView) };
@@ -698,7 +707,9 @@ export class CloudflareEmulator {
     if (proxied && type === 'A' && isPrivateIPv4(content)) {
       throw new HttpError(400, { code: 9003, message: `Invalid 'proxied' value: ${content} is a private IP address and cannot be proxied.` });
     }
-    const ttl = input.ttl === undefined ? 1 : input.ttl;
+    // No default: the API requires ttl on a create or a full update and answers a missing one
+    // like a wrong one, 9021 (as ddns clients met it when Cloudflare began requiring it, 2020).
+    const ttl = input.ttl;
     if (typeof ttl !== 'number' || !Number.isInteger(ttl) || (ttl !== 1 && (ttl < 60 || ttl > 86400))) {
       throw new HttpError(400, { code: 9021, message: 'Invalid TTL. Must be between 60 and 86400 seconds, or 1 for Automatic.' });
     }
@@ -714,11 +725,13 @@ export class CloudflareEmulator {
       throw new HttpError(400, { code: 9000, message: `DNS record type cannot be changed from ${existing.type} to ${type}; delete the record and create a new one.` });
     }
 
+    // The apex always carries the zone's NS records, and Cloudflare flattens a CNAME there: they do not exclude each other.
+    const excludes = (t: string) => CNAME_EXCLUSIVE.has(t) && !(t === 'NS' && name === zone.name);
     const others = [...zone.records.values()].filter((r) => r.name === name && r.id !== existing?.id);
-    if (type === 'CNAME' && others.some((r) => CNAME_EXCLUSIVE.has(r.type))) {
+    if (type === 'CNAME' && others.some((r) => excludes(r.type))) {
       throw new HttpError(400, { code: 81053, message: 'An A, AAAA, or CNAME record with that host already exists.' });
     }
-    if (CNAME_EXCLUSIVE.has(type) && others.some((r) => r.type === 'CNAME')) {
+    if (excludes(type) && others.some((r) => r.type === 'CNAME')) {
       throw new HttpError(400, { code: 81054, message: 'A CNAME record with that host already exists.' });
     }
     if (others.some((r) => r.type === type && r.content === content)) throw new HttpError(400, { code: 81058, message: 'An identical record already exists.' });
@@ -755,7 +768,11 @@ export class CloudflareEmulator {
     if (query.include_prefix !== undefined) ts = ts.filter((t) => t.name.startsWith(query.include_prefix!));
     if (query.exclude_prefix !== undefined) ts = ts.filter((t) => !t.name.startsWith(query.exclude_prefix!));
     const { page, info } = pageOf(ts, query, 20, TUNNEL_MAX_PER_PAGE);
-    return { result: page.map(tunnelView), resultInfo: info };
+    return { result: page.map((t) => this.#tunnelView(t)), resultInfo: info };
+  }
+
+  #tunnelView(t: EmulatorTunnel) {
+    return tunnelView(t, this.#inlineConnections);
   }
 
   #createTunnel(input: Record<string, unknown>): EmulatorTunnel {
@@ -836,7 +853,7 @@ export class CloudflareEmulator {
         return reply(200, {
           accountId: this.accountId,
           zones: [...this.zones.values()].map((z) => ({ id: z.id, name: z.name, records: [...z.records.values()] })),
-          tunnels: [...this.tunnels.values()].map((t) => ({ ...tunnelView(t), config: t.config })),
+          tunnels: [...this.tunnels.values()].map((t) => ({ ...this.#tunnelView(t), config: t.config })),
         });
       }
       if (what === 'zones' && method === 'POST') return reply(200, zoneView(this.addZone(String(body.name), typeof body.id === 'string' ? body.id : undefined)));
@@ -898,7 +915,7 @@ function recordView(r: EmulatorRecord) {
   return comment === null ? rest : { ...rest, comment };
 }
 
-function tunnelView(t: EmulatorTunnel) {
+function tunnelView(t: EmulatorTunnel, inlineConnections: boolean) {
   const live = t.connectors.length > 0;
   return {
     id: t.id,
@@ -907,7 +924,7 @@ function tunnelView(t: EmulatorTunnel) {
     created_at: t.created_at,
     // Timestamps that are not set are absent (the schema declares them as strings).
     ...(t.deleted_at ? { deleted_at: t.deleted_at } : {}),
-    connections: t.connectors.flatMap((c) => c.conns.map((x) => ({ ...x, uuid: x.id, client_id: c.id, client_version: c.version }))),
+    connections: !inlineConnections ? [] : t.connectors.flatMap((c) => c.conns.map((x) => ({ ...x, uuid: x.id, client_id: c.id, client_version: c.version }))),
     ...(t.connsActiveAt ? { conns_active_at: t.connsActiveAt } : {}),
     ...(t.connsInactiveAt && !live ? { conns_inactive_at: t.connsInactiveAt } : {}),
     tun_type: 'cfd_tunnel',

@@ -8,8 +8,9 @@
 //   1. `name.exact` & co. on the DNS record list are declared as the plain `name` filter;
 //   2. a tunnel ingress rule needs no `hostname` (the last rule must be the catch-all without
 //      one: the emulator refuses anything else with Cloudflare's own answer, 1055);
-//   3. DNS record bodies require only `type`, `name`, `content` (the schema reuses the
-//      response shape, with its read-only fields, as the request body); PATCH requires none.
+//   3. DNS record bodies of POST and PUT require only `type`, `name`, `content` and `ttl` (the
+//      schema reuses the response shape, with its read-only fields, as the request body, and
+//      lists no `ttl` there); PATCH requires none.
 // And two more. Production answers the configuration of a tunnel never configured with
 // `result: null`, which the schema's `result: {type: object}` does not allow (issue 13).
 // The schema itself forces the other: its 4XX answers are `allOf` the success envelope
@@ -63,14 +64,15 @@ function requestView(doc: Json, id: string, recordRequired: readonly string[]): 
   copy.$id = id;
   const schemas = copy.components.schemas as Record<string, Json>;
   // Override 3: the record union's own `required` lists read-only fields; each type's schema
-  // keeps only type/name/content (none for PATCH, which is why PATCH also matches any branch).
+  // keeps only type/name/content of its own list, plus ttl, which the API requires though the
+  // schema's lists leave it out (none for PATCH, which is why PATCH also matches any branch).
   delete schemas['dns-records_dns-record']!.required;
   if (recordRequired.length === 0) {
     schemas['dns-records_dns-record']!.anyOf = schemas['dns-records_dns-record']!.oneOf;
     delete schemas['dns-records_dns-record']!.oneOf;
   }
   for (const [name, s] of Object.entries(schemas)) {
-    if (/^dns-records_[A-Z]+Record$/.test(name) && Array.isArray(s.required)) s.required = s.required.filter((r: string) => recordRequired.includes(r));
+    if (/^dns-records_[A-Z]+Record$/.test(name) && Array.isArray(s.required)) s.required = recordRequired.filter((r) => r === 'ttl' || s.required.includes(r));
   }
   // Override 2: hostname is optional (the catch-all has none); the order rule is checked in code.
   const rule = schemas.tunnel_ingressRule!;
@@ -101,7 +103,7 @@ export class CloudflareSchema {
     this.#params = addFormats(new Ajv({ ...opts, coerceTypes: true }));
     for (const ajv of [this.#ajv, this.#params]) {
       ajv.addSchema({ ...doc, $id: DOC_ID });
-      ajv.addSchema(requestView(doc, REQ_ID, ['type', 'name', 'content']));
+      ajv.addSchema(requestView(doc, REQ_ID, ['type', 'name', 'content', 'ttl']));
       ajv.addSchema(requestView(doc, PATCH_ID, []));
     }
     for (const [template, item] of Object.entries(doc.paths as Record<string, Json>)) {

@@ -207,6 +207,29 @@ describe('DNS records', () => {
     assert.deepEqual(await codeOf(sdk().dns.records.create(record({ ttl: 30 }))), { status: 400, code: 9021 });
   });
 
+  it('rejects a create or a full update without ttl (9021), as the API does; a patch may leave it out', async () => {
+    // Schema checks off: the emulator's own answer, not the schema layer's 9207.
+    const plain = await CloudflareEmulator.start({ token: TOKEN, accountId: ACCOUNT, zones: ['example.org'], globalRateLimit: false, schema: false });
+    try {
+      const z = plain.zone('example.org').id;
+      const send = async (method: string, path: string, body: unknown) => {
+        const res = await fetch(`${plain.baseUrl}${path}`, { method, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+        return { status: res.status, json: (await res.json()) as any };
+      };
+      const noTtl = { type: 'A', name: 'a', content: '192.168.0.1' };
+      const created = await send('POST', `/zones/${z}/dns_records`, noTtl);
+      assert.deepEqual([created.status, created.json.errors[0].code], [400, 9021]);
+      const ok = await send('POST', `/zones/${z}/dns_records`, { ...noTtl, ttl: 300 });
+      assert.equal(ok.status, 200);
+      const put = await send('PUT', `/zones/${z}/dns_records/${ok.json.result.id}`, { ...noTtl, content: '192.168.0.2' });
+      assert.deepEqual([put.status, put.json.errors[0].code], [400, 9021]);
+      const patch = await send('PATCH', `/zones/${z}/dns_records/${ok.json.result.id}`, { content: '192.168.0.2' });
+      assert.deepEqual([patch.status, patch.json.result.ttl], [200, 300]);
+    } finally {
+      await plain.stop();
+    }
+  });
+
   it('rejects a CNAME beside an A, AAAA, CNAME or NS (81053) and an A or AAAA beside a CNAME (81054)', async () => {
     const cf = sdk();
     await cf.dns.records.create(record());
@@ -219,8 +242,9 @@ describe('DNS records', () => {
     assert.deepEqual(await codeOf(cf.dns.records.create(record({ name: 'lab.example.org', type: 'CNAME', content: 'x.example.net' }))), { status: 400, code: 81053 });
   });
 
-  it('lets TXT, MX and CAA share a name with a CNAME, in either order (the apex included, where Cloudflare flattens the CNAME)', async () => {
+  it("lets TXT, MX and CAA share a name with a CNAME, in either order (the apex included, where Cloudflare flattens the CNAME beside the zone's NS)", async () => {
     const cf = sdk();
+    emu.seedRecord('example.org', { type: 'NS', name: '@', content: 'ada.ns.cloudflare.com' });
     emu.seedRecord('example.org', { type: 'TXT', name: 'txt', content: 'v=spf1 -all' });
     emu.seedRecord('example.org', { type: 'MX', name: '@', content: 'mail.example.net', priority: 10 });
     emu.seedRecord('example.org', { type: 'CAA', name: '@', data: { flags: 0, tag: 'issue', value: 'letsencrypt.org' } });
@@ -230,7 +254,8 @@ describe('DNS records', () => {
     await cf.dns.records.create({ zone_id: zoneId, type: 'TXT', name: 'txt.example.org', content: 'second', ttl: 1 });
     const byName = (n: string) => emu.records('example.org').filter((r) => r.name === n).map((r) => r.type).sort();
     assert.deepEqual(byName('txt.example.org'), ['CNAME', 'TXT', 'TXT']);
-    assert.deepEqual(byName('example.org'), ['CAA', 'CNAME', 'MX']);
+    emu.seedRecord('example.org', { type: 'NS', name: '@', content: 'bob.ns.cloudflare.com' });
+    assert.deepEqual(byName('example.org'), ['CAA', 'CNAME', 'MX', 'NS', 'NS']);
     assert.equal(emu.records('example.org').find((r) => r.type === 'CAA')!.content, '0 issue "letsencrypt.org"');
   });
 
@@ -332,13 +357,13 @@ describe('fault switches', () => {
   it('rateLimit: the next N calls get 429 with retry-after and are not carried out', async () => {
     emu.rateLimit(2, { retryAfterSeconds: 7 });
     for (let i = 0; i < 2; i++) {
-      const r = await raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1' });
+      const r = await raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1', ttl: 1 });
       assert.equal(r.status, 429);
       assert.equal(r.headers.get('retry-after'), '7');
       assert.equal(r.json.errors[0].code, 971);
     }
     assert.equal(emu.records('example.org').length, 0);
-    assert.equal((await raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1' })).status, 200);
+    assert.equal((await raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1', ttl: 1 })).status, 200);
     assert.deepEqual(emu.requests.map((r) => r.status), [429, 429, 200]);
   });
 
@@ -362,10 +387,10 @@ describe('fault switches', () => {
   it('serverErrors: a burst of 5xx (502 as the edge\'s HTML page), nothing carried out', async () => {
     emu.serverErrors(1, { status: 500 });
     emu.serverErrors(1, { status: 502 });
-    const a = await raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1' });
+    const a = await raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1', ttl: 1 });
     assert.equal(a.status, 500);
     assert.equal(a.json.success, false);
-    const b = await raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1' });
+    const b = await raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1', ttl: 1 });
     assert.equal(b.status, 502);
     assert.match(b.text, /<html>/);
     assert.equal(emu.records('example.org').length, 0);
@@ -374,7 +399,7 @@ describe('fault switches', () => {
 
   it('loseResponse (destroy): the create happens, the client sees a dropped connection', async () => {
     emu.loseResponse({ match: { method: 'POST' } });
-    await assert.rejects(raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1' }), /fetch failed|socket|closed/i);
+    await assert.rejects(raw('POST', `/zones/${zoneId}/dns_records`, { type: 'A', name: 'a', content: '192.168.0.1', ttl: 1 }), /fetch failed|socket|closed/i);
     assert.equal(emu.records('example.org').length, 1);
     assert.equal(emu.requests.at(-1)!.status, 'lost');
     // Only the matching request was affected.
@@ -387,7 +412,7 @@ describe('fault switches', () => {
       fetch(`${emu.baseUrl}/zones/${zoneId}/dns_records`, {
         method: 'POST',
         headers: { authorization: `Bearer ${TOKEN}` },
-        body: JSON.stringify({ type: 'A', name: 'a', content: '192.168.0.1' }),
+        body: JSON.stringify({ type: 'A', name: 'a', content: '192.168.0.1', ttl: 1 }),
         signal: AbortSignal.timeout(300),
       }),
       /abort|timeout/i,

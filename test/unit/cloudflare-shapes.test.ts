@@ -93,18 +93,25 @@ describe('production shapes, through the client', () => {
     assert.deepEqual(owned.map((r) => r.name), [`mine.${ZONE}`]);
   });
 
-  it('connectors are counted per cloudflared (distinct client ids), with the tunnel status', async () => {
+  it('connectors are counted per cloudflared (distinct client ids), with the tunnel status, from the connections endpoint once the list carries none', async () => {
     const t = emu.seedTunnel({ name: 'homelab' });
     const c = client();
+    const connectionGets = () => emu.requests.filter((r) => r.path.endsWith('/connections')).length;
     assert.deepEqual((await c.listTunnels()).map((x) => [x.connectors, x.status]), [[0, 'inactive']]);
+    assert.equal(connectionGets(), 0, 'a tunnel that never ran is not asked');
     emu.connect(t.id);
     emu.connect(t.id, { conns: 2 });
+    const list = (await (await fetch(`${emu.baseUrl}/accounts/${ACCOUNT}/cfd_tunnel`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as any;
+    assert.deepEqual(list.result[0].connections, [], 'the deprecated array is empty (the emulator default)');
     assert.deepEqual((await c.listTunnels()).map((x) => [x.connectors, x.status]), [[2, 'healthy']]);
+    assert.equal(connectionGets(), 1);
     // The connections endpoint lists the same connectors, with their connections (schema-checked like every answer).
     const raw = (await (await fetch(`${emu.baseUrl}/accounts/${ACCOUNT}/cfd_tunnel/${t.id}/connections`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as any;
     assert.deepEqual(raw.result.map((x: any) => x.conns.length), [4, 2]);
     emu.disconnect(t.id);
+    emu.resetLog();
     assert.deepEqual((await c.listTunnels()).map((x) => [x.connectors, x.status]), [[0, 'down']]);
+    assert.equal(connectionGets(), 0, 'a tunnel that is down is not asked');
   });
 });
 
@@ -191,7 +198,7 @@ describe('OpenAPI schema checks', () => {
     await assert.rejects(broken.stop(), /Cloudflare emulator: 1 schema violation\(s\):\nschema violation \(answer to request #1\): GET \/zones/);
   });
 
-  it('the documented overrides: name.exact on record lists, hostname-less catch-all, record bodies without read-only fields, DELETE without body', () => {
+  it('the documented overrides: name.exact on record lists, hostname-less catch-all, record bodies without read-only fields but with ttl, DELETE without body', () => {
     const schema = new CloudflareSchema();
     const zone = 'a'.repeat(32);
     assert.deepEqual(schema.checkRequest({ method: 'GET', path: `/zones/${zone}/dns_records`, query: { 'name.exact': 'a.example.org', 'comment.startswith': MARKER, page: '1', per_page: '5000' }, body: undefined }), []);
@@ -200,6 +207,15 @@ describe('OpenAPI schema checks', () => {
     assert.deepEqual(schema.checkRequest({ method: 'PUT', path: `${tunnel}/configurations`, query: {}, body: { config: { ingress: [{ hostname: 'a.example.org', service: 'http://x:80' }, { service: 'http_status:404' }], 'warp-routing': { enabled: true } } } }), []);
     assert.deepEqual(schema.checkRequest({ method: 'POST', path: `/zones/${zone}/dns_records`, query: {}, body: { type: 'A', name: 'a', content: '192.168.0.1', ttl: 1, proxied: false, comment: MARKER } }), []);
     assert.notDeepEqual(schema.checkRequest({ method: 'POST', path: `/zones/${zone}/dns_records`, query: {}, body: { type: 'A', name: 'a' } }), []);
+    // ttl: required on a create and a full update (the API's rule, not the schema's), not on a patch.
+    const noTtl = { type: 'A', name: 'a', content: '192.168.0.1', proxied: false, comment: MARKER };
+    const record = `/zones/${zone}/dns_records/${'b'.repeat(32)}`;
+    for (const [method, path] of [['POST', `/zones/${zone}/dns_records`], ['PUT', record]] as const) {
+      assert.notDeepEqual(schema.checkRequest({ method, path, query: {}, body: noTtl }), [], `${method} without ttl`);
+      assert.deepEqual(schema.checkRequest({ method, path, query: {}, body: { ...noTtl, ttl: 1 } }), [], `${method} with ttl`);
+    }
+    assert.deepEqual(schema.checkRequest({ method: 'PATCH', path: record, query: {}, body: { content: '192.168.0.2' } }), []);
+    assert.deepEqual(schema.checkRequest({ method: 'POST', path: `/zones/${zone}/dns_records`, query: {}, body: { type: 'CAA', name: 'a', data: { flags: 0, tag: 'issue', value: 'letsencrypt.org' }, ttl: 1 } }), [], 'a CAA record needs no content');
     assert.deepEqual(schema.checkRequest({ method: 'DELETE', path: tunnel, query: {}, body: undefined }), []);
     assert.notDeepEqual(schema.checkRequest({ method: 'GET', path: `/accounts/${zone}/cfd_tunnel/not-a-uuid`, query: {}, body: undefined }), []);
   });

@@ -14,6 +14,7 @@ import {
   ownership,
   planDns,
   recordDiff,
+  strayLegacyNotes,
   type DnsOp,
   type DnsWant,
   type ExistingRecord,
@@ -269,7 +270,7 @@ describe('planDns', () => {
     assert.match(ops[0]!.detail, /owned by another homelab-bootstrap install \(owner=staging\).*give this host another name/);
   });
 
-  it('records of the bare marker (before owner ids) are taken over in place: a comment update, the note kept, nothing deleted', () => {
+  it("records of the bare marker (before owner ids) are taken over in place on this install's names: a comment update, the note kept, nothing deleted", () => {
     const have: ExistingRecord[] = converged(want).map((r) => ({ ...r, comment: r.name.startsWith('plex.') ? `${LEGACY} (LAN VIP of Plex)` : LEGACY }));
     have.push(rec('A', 'old.peterstorm.io', '192.168.0.240', { comment: LEGACY }));
     const ops = plan(want, have);
@@ -281,8 +282,19 @@ describe('planDns', () => {
       assert.deepEqual(u.diff.map((d) => d.path), ['$.comment']);
       assert.equal(u.write.comment, u.record.name.startsWith('plex.') ? `${MARKER} (LAN VIP of Plex)` : MARKER);
     }
-    assert.deepEqual(ops.filter((o) => o.kind === 'delete').map((o) => o.kind === 'delete' && o.existing.name), ['old.peterstorm.io']);
+    assert.deepEqual(ops.filter((o) => o.kind === 'delete'), [], 'old.peterstorm.io is not this install\'s name: not deleted');
     assert.match(opChange(updates[0]!).detail!, /earlier version/);
+  });
+
+  it("a bare-marker record on a name this install does not want may be another install's: never deleted or changed, reported with what to do", () => {
+    const stray = rec('A', 'old.peterstorm.io', '192.168.0.240', { comment: `${LEGACY} (staging box)` });
+    const have = [...converged(want), stray, rec('A', 'gone.peterstorm.io', '192.168.0.240')];
+    const ops = plan(want, have).filter((o) => o.kind !== 'noop');
+    assert.deepEqual(ops.map(opChange).map((c) => `${c.action} ${c.target}`), [`delete DNS A gone.peterstorm.io → 192.168.0.240${Z}`], "this owner's removed host is still pruned");
+    const notes = strayLegacyNotes(want, [{ zone: ZONE, records: have }]);
+    assert.equal(notes.length, 1);
+    assert.match(notes[0]!, /^DNS A old\.peterstorm\.io → 192\.168\.0\.240 \(zone peterstorm\.io\) carries the marker of a homelab-bootstrap version before owner ids .*not one of this install's hosts: left alone.*delete it by hand/);
+    assert.deepEqual(strayLegacyNotes(want, [{ zone: ZONE, records: converged(want) }]), [], 'nothing to say about a converged zone');
   });
 
   it("an update keeps what a person wrote after the marker", () => {
