@@ -58,47 +58,29 @@
         }
       );
 
-      # `nix develop`: the rig of .ci/run (scripts/test-binaries.sh builds the same tools
-      # from source at pinned versions; here nixpkgs provides them).
+      # `nix develop`: the tools of .ci/run. The tests' binaries are not taken from nixpkgs (it
+      # lacks some, e.g. Helm 4 beside Helm 3, kwok, and its versions are not the pins):
+      # run `bash scripts/test-binaries.sh` once in the shell (it needs only go); it builds them
+      # into .bin/, where test/rig/binaries.ts looks by default.
       devShells = forAllSystems (pkgs: {
-        default =
-          let
-            testBinaries = pkgs.runCommand "homelab-bootstrap-test-binaries" { } ''
-              mkdir -p $out
-              ln -s ${lib.getExe' pkgs.kubernetes "kube-apiserver"} $out/kube-apiserver
-              ln -s ${lib.getExe' pkgs.etcd "etcd"} $out/etcd
-              ln -s ${lib.getExe' pkgs.kubectl "kubectl"} $out/kubectl
-              ln -s ${lib.getExe' pkgs.kubernetes-helm "helm"} $out/helm
-              ln -s ${lib.getExe' pkgs.sops "sops"} $out/sops
-              ln -s ${lib.getExe' pkgs.age "age"} $out/age
-              ln -s ${lib.getExe' pkgs.age "age-keygen"} $out/age-keygen
-              # kustomize-sops installs its binary as a kustomize plugin, not under bin/.
-              ksops="$(find -L ${pkgs.kustomize-sops} -type f \( -name ksops -o -name kustomize-sops \) | head -n 1)"
-              [ -n "$ksops" ] || { echo "no ksops binary in ${pkgs.kustomize-sops}" >&2; exit 1; }
-              ln -s "$ksops" $out/ksops
-            '';
-          in
-          pkgs.mkShell {
-            packages = [
-              pkgs.nodejs_24
-              pkgs.kubernetes-helm
-              pkgs.kubectl
-              pkgs.kubernetes
-              pkgs.etcd
-              pkgs.sops
-              pkgs.age
-              pkgs.kustomize-sops
-              pkgs.go
-              pkgs.git
-            ];
-            # test/rig/binaries.ts reads HB_BIN_DIR. HB_BINARIES_FROM=nix tells .ci/run not to
-            # rebuild them with scripts/test-binaries.sh (that script pins its own versions).
-            shellHook = ''
-              export HB_BIN_DIR=${testBinaries}
-              export HB_BINARIES_FROM=nix
-              export NIXPKGS_LIB=${pkgs.path}/lib
-            '';
-          };
+        default = pkgs.mkShell {
+          packages = [
+            pkgs.nodejs_24
+            pkgs.kubernetes-helm
+            pkgs.kubectl
+            pkgs.kubernetes
+            pkgs.etcd
+            pkgs.sops
+            pkgs.age
+            pkgs.kustomize-sops
+            pkgs.go
+            pkgs.git
+          ];
+          # The module-evaluation tests of test/unit/nix-contract.test.ts need nixpkgs' lib.
+          shellHook = ''
+            export NIXPKGS_LIB=${pkgs.path}/lib
+          '';
+        };
       });
     };
 }

@@ -23,6 +23,7 @@ let
 
   cfg = config.services.homelab-bootstrap;
   contract = import ./contract.nix;
+  policy = import ./host-policy.nix;
   jsonFormat = pkgs.formats.json { };
   settingsModel = import ./settings-options.nix {
     inherit lib;
@@ -71,17 +72,8 @@ let
     else
       rawSettingsFile;
 
-  # name:path pairs for LoadCredential=, taken from the final settings so that a path set
-  # through `settings` and one set through the convenience options cannot disagree.
-  credentialSources = lib.filter (c: c.path != null) (
-    map (c: {
-      inherit (c) name;
-      path = lib.attrByPath c.setting null settingsValue;
-    }) contract.credentials
-  );
-  # Each unit gets only the credentials its steps read.
-  loadCredential =
-    names: map (c: "${c.name}:${c.path}") (lib.filter (c: names == null || lib.elem c.name names) credentialSources);
+  # Each unit gets only the credentials its steps read (see host-policy.nix).
+  credentials = policy.credentials settingsValue;
 
   exe = lib.getExe cfg.package;
   logArgs = lib.optionalString (cfg.logLevel != null) " --log-level ${cfg.logLevel}";
@@ -182,15 +174,20 @@ let
   };
   # Without --config (services.k3s.configPath), k3s reads /etc/rancher/k3s/config.yaml.d/.
   # With one, it reads that file's .d directory, which the module can only fill when it is
-  # under /etc; anywhere else (the store) the flags go on the command line instead.
-  k3sConfigPath = if (k3s.configPath or null) == null then null else toString k3s.configPath;
+  # under /etc; anywhere else (the store) the flags go on the command line instead. A path
+  # literal (/etc/k3s.yaml without quotes) is in the store too: nixpkgs' k3s module passes
+  # `--config ${configPath}`, which copies it there, so k3s would look for <store path>.d.
+  k3sConfigPath = k3s.configPath or null;
+  k3sConfigIsPathLiteral = builtins.isPath k3sConfigPath;
   k3sDropInDir =
     if k3sConfigPath == null then
       "rancher/k3s/config.yaml.d"
-    else if lib.hasPrefix "/etc/" k3sConfigPath then
+    else if !k3sConfigIsPathLiteral && lib.hasPrefix "/etc/" k3sConfigPath then
       "${lib.removePrefix "/etc/" k3sConfigPath}.d"
     else
       null;
+  # JSON is YAML; k3s reads `key: value` pairs as `--key=value`.
+  k3sDropInText = builtins.toJSON k3sFlags;
   k3sFlagsAsArgs = lib.mapAttrsToList (
     k: v: if v == true then "--${k}" else "--${k}=${toString v}"
   ) k3sFlags;
@@ -230,43 +227,14 @@ let
     let
       given = flagValues "--cluster-cidr";
     in
-    if given == [ ] then [ "10.42.0.0/16" ] else lib.splitString "," (lib.last given);
+    if given == [ ] then policy.defaultPodCIDRs else lib.splitString "," (lib.last given);
 
   # Firewall, least privilege. See the openFirewall option for who needs each port.
   fwCfg = cfg.k3s.firewall;
   nftables = config.networking.nftables.enable or false;
   firewallBackend =
     config.networking.firewall.backend or (if nftables then "nftables" else "iptables");
-  lanTCPPorts =
-    [
-      80
-      443
-    ]
-    ++ lib.optional (fwCfg.apiFromLAN || fwCfg.multiNode) 6443
-    ++ lib.optionals fwCfg.multiNode [
-      10250
-      4240
-    ];
-  lanUDPPorts = lib.optional fwCfg.multiNode 8472;
-  podTCPPorts = [
-    6443
-    10250
-    4240
-    4244
-    9100
-    9962
-    9963
-    9964
-    9965
-  ];
-  isIPv6 = lib.hasInfix ":";
-  podPortList = lib.concatMapStringsSep "," toString podTCPPorts;
-  podRulesIptables = lib.concatMapStrings (cidr: ''
-    ${if isIPv6 cidr then "ip6tables" else "iptables"} -A nixos-fw -s ${cidr} -p tcp -m multiport --dports ${podPortList} -j nixos-fw-accept
-  '') fwCfg.podCIDRs;
-  podRulesNftables = lib.concatMapStrings (cidr: ''
-    ${if isIPv6 cidr then "ip6" else "ip"} saddr ${cidr} tcp dport { ${lib.concatMapStringsSep ", " toString podTCPPorts} } accept
-  '') fwCfg.podCIDRs;
+  firewallPolicy = policy.firewall { inherit (fwCfg) apiFromLAN multiNode podCIDRs; };
 
   # Kernel modules Cilium's agent expects loaded: it runs in a container and cannot modprobe
   # on NixOS (no /lib/modules there), and without them its proxy and masquerading rules go
@@ -509,6 +477,12 @@ in
         default = true;
         description = ''
           Open what one k3s server with Cilium needs, and no more; the firewall stays on.
+          On by default, unlike nixpkgs' `openFirewall` options: the host exists to serve the
+          cluster's Ingress, and with the firewall closed every L2-announced service is
+          unreachable from the LAN and Cilium's health checks and the pods' API and metrics
+          traffic to the host are dropped, a broken cluster rather than a safer one. What it
+          opens to the LAN by default is only TCP 80 and 443; everything else is limited to the
+          pod network or opt-in. Set it to `false` to manage these rules yourself.
           From everywhere (the LAN):
           - TCP 80, 443: Cilium's shared Ingress on the L2-announced VIP; its Envoy receives
             the connections in the host's network stack, so the host's firewall sees them.
@@ -553,7 +527,14 @@ in
           default = clusterCIDRs;
           defaultText = literalMD "the `--cluster-cidr` of `services.k3s.extraFlags`, else `[ \"10.42.0.0/16\" ]` (k3s' default)";
           example = [ "10.42.0.0/16" ];
-          description = "The pod network, the only source allowed to reach the host's metrics, kubelet and Hubble ports.";
+          description = ''
+            The pod network, the only source allowed to reach the host's metrics, kubelet and
+            Hubble ports. The default is read from `--cluster-cidr` in `services.k3s.extraFlags`
+            only: a `cluster-cidr` in your own k3s config file (`services.k3s.configPath`) or a
+            `K3S_CLUSTER_CIDR` in `services.k3s.environmentFile` is not seen, and the pods'
+            traffic to those ports is then dropped. In that case set this option to the same
+            CIDRs (every one of a dual-stack cluster).
+          '';
         };
       };
     };
@@ -622,7 +603,7 @@ in
           RemainAfterExit = true;
           ExecStart = "${exe} apply --config ${settingsFile}${logArgs}";
           # Every step runs here, so every credential that is set.
-          LoadCredential = loadCredential null;
+          LoadCredential = credentials.main;
           # Converged, except DNS conflicts the daemon reported and leaves to the user: retrying
           # would change nothing, so it is no failure (the reconcile timer reports it again).
           SuccessExitStatus = [ contract.dnsConflictsExitStatus ];
@@ -654,7 +635,7 @@ in
             lib.concatMapStrings (s: " --only ${s}") cfg.reconcile.steps
           }${logArgs}";
           # Only what the tunnel and DNS steps read: not the age key, not the git credential.
-          LoadCredential = loadCredential contract.reconcileCredentials;
+          LoadCredential = credentials.reconcile;
           SuccessExitStatus = [
             # Another run holds the lock: the main unit is converging everything right now.
             contract.lockedExitStatus
@@ -686,10 +667,13 @@ in
           "traefik"
         ];
       };
-      # JSON is YAML; k3s reads `key: value` pairs as `--key=value`.
       environment.etc = mkIf (k3sDropInDir != null) {
-        "${k3sDropInDir}/50-homelab-bootstrap.yaml".text = builtins.toJSON k3sFlags;
+        "${k3sDropInDir}/50-homelab-bootstrap.yaml".text = k3sDropInText;
       };
+      # A changed /etc file restarts no unit: without this, a new drop-in (another
+      # localStoragePath, say) would reach k3s only at the next reboot. Flags on the command
+      # line need nothing: they change k3s' ExecStart, which restarts it.
+      systemd.services.k3s.restartTriggers = mkIf (k3sDropInDir != null) [ k3sDropInText ];
 
       networking.firewall = mkMerge [
         {
@@ -699,10 +683,10 @@ in
           checkReversePath = lib.mkOverride 1100 "loose";
         }
         (mkIf cfg.k3s.openFirewall {
-          allowedTCPPorts = lanTCPPorts;
-          allowedUDPPorts = lanUDPPorts;
-          extraCommands = mkIf (firewallBackend == "iptables") podRulesIptables;
-          extraInputRules = mkIf (firewallBackend == "nftables") podRulesNftables;
+          allowedTCPPorts = firewallPolicy.lanTCPPorts;
+          allowedUDPPorts = firewallPolicy.lanUDPPorts;
+          extraCommands = mkIf (firewallBackend == "iptables") firewallPolicy.iptablesRules;
+          extraInputRules = mkIf (firewallBackend == "nftables") firewallPolicy.nftablesRules;
         })
       ];
 
@@ -719,7 +703,14 @@ in
         }
         {
           assertion = k3sDropInDir == null -> !lib.any builtins.isString k3sFlagDefinitions;
-          message = "services.k3s.extraFlags is a string, and services.k3s.configPath (${toString k3sConfigPath}) is outside /etc, so homelab-bootstrap cannot put its flags into a config drop-in and must add them to extraFlags as a list, which does not merge with a string. Write services.k3s.extraFlags as a list (one flag per element), or move configPath under /etc.";
+          message = "services.k3s.extraFlags is a string, and services.k3s.configPath (${
+            if k3sConfigIsPathLiteral then
+              "the path literal ${toString k3sConfigPath}, which nixpkgs' k3s module copies into the Nix store"
+            else
+              toString k3sConfigPath
+          }) is not a string under /etc, so homelab-bootstrap cannot put its flags into a config drop-in and must add them to extraFlags as a list, which does not merge with a string. Write services.k3s.extraFlags as a list (one flag per element), or set configPath to a string under /etc${
+            lib.optionalString k3sConfigIsPathLiteral " (in quotes: \"${toString k3sConfigPath}\")"
+          }.";
         }
         {
           assertion = lib.all (v: v == "none") (flagValues "--flannel-backend");

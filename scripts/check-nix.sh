@@ -3,7 +3,9 @@
 #  1. every .nix file in the repository parses (`nix-instantiate --parse`);
 #  2. nix/settings-schema.json matches the daemon's schema (scripts/gen-nix-schema.ts --check);
 #  3. nix/settings-options.nix and nix/contract.nix evaluate (with a stand-in lib) — what the
-#     contract test then compares with the daemon;
+#     contract test then compares with the daemon — and so do the module's firewall and
+#     credential decisions (nix/host-policy.nix, nix/tests/host-policy-dump.nix), which the
+#     contract test checks on every run;
 #  4. with NIXPKGS_LIB pointing at a nixpkgs `lib` directory, nix/tests/module-eval.nix
 #     evaluates the module with the real module system (skipped, and said so, without it).
 # Everything that needs nixpkgs itself (building the package, the NixOS evaluation, the VM
@@ -55,7 +57,8 @@ fi
 "${node_cmd[@]}" scripts/gen-nix-schema.ts --check
 
 nix-instantiate --eval --strict --json nix/tests/settings-dump.nix >/dev/null
-echo "check-nix: settings options and contract evaluate"
+nix-instantiate --eval --strict --json nix/tests/host-policy-dump.nix >/dev/null
+echo "check-nix: settings options, contract, firewall and credential decisions evaluate"
 
 if [ -n "${NIXPKGS_LIB:-}" ]; then
   [ -f "$NIXPKGS_LIB/default.nix" ] || { echo "check-nix: NIXPKGS_LIB=$NIXPKGS_LIB is not a nixpkgs lib directory" >&2; exit 1; }

@@ -84,6 +84,8 @@ pkgs.runCommand "homelab-bootstrap-module-eval"
     expect "$k3sDropInPath" '"disable-kube-proxy":true'
     expect "$k3sUnitPath" '--disable=servicelb'
     expect "$k3sUnitPath" '--disable=traefik'
+    # A changed drop-in restarts k3s on `nixos-rebuild switch` (an /etc change alone does not).
+    expect "$k3sUnitPath" '^X-Restart-Triggers='
     reject "$k3sUnitPath" 'write-kubeconfig-mode'
 
     # From the LAN only the Ingress; metrics, Hubble, kubelet and the API from the pod network.

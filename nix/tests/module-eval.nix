@@ -71,6 +71,10 @@ let
           type = types.attrsOf types.anything;
           default = { };
         };
+        restartTriggers = mkOption {
+          type = types.listOf types.unspecified;
+          default = [ ];
+        };
       };
     }
   );
@@ -293,6 +297,7 @@ let
       k3sDropIns = lib.mapAttrs (_: f: f.text) (
         lib.filterAttrs (n: _: lib.hasSuffix ".d/50-homelab-bootstrap.yaml" n) c.environment.etc
       );
+      k3sRestartTriggers = units.k3s.restartTriggers or [ ];
       firewall = {
         inherit (c.networking.firewall)
           checkReversePath
@@ -382,7 +387,13 @@ in
     inherit (c) warnings;
     # The JSON the module writes (`nix-instantiate --eval` cannot write files, so this is the
     # module's own `clean` applied again rather than the generated file).
-    inherit (details c) settingsJSON k3sDropIns kernelModules blacklistedKernelModules;
+    inherit (details c)
+      settingsJSON
+      k3sDropIns
+      k3sRestartTriggers
+      kernelModules
+      blacklistedKernelModules
+      ;
     unit = {
       inherit (svc) wantedBy wants after;
       inherit (svc.serviceConfig)
@@ -552,6 +563,13 @@ in
         services.k3s.extraFlags = "--node-ip=192.168.0.10";
       }
     ];
+    stringFlagsWithPathLiteralConfig = tryReport [
+      homelab
+      {
+        services.k3s.configPath = /etc/k3s/server.yaml;
+        services.k3s.extraFlags = "--node-ip=192.168.0.10";
+      }
+    ];
     # Controls: these must evaluate cleanly.
     harmlessExtraFlags = tryReport [
       homelab
@@ -579,6 +597,20 @@ in
     configUnderEtc = tryReport [
       homelab
       { services.k3s.configPath = "/etc/k3s/server.yaml"; }
+    ];
+    # Another drop-in must restart k3s (an /etc change alone restarts nothing).
+    otherLocalStoragePath = tryReport [
+      homelab
+      { services.homelab-bootstrap.k3s.localStoragePath = "/srv/k3s-volumes"; }
+    ];
+    # A path literal under /etc is copied into the store by nixpkgs' `--config ${configPath}`:
+    # k3s reads no drop-in beside the copy, so the flags go on the command line.
+    configAsPathLiteral = tryReport [
+      homelab
+      {
+        services.k3s.configPath = /etc/k3s/server.yaml;
+        services.k3s.extraFlags = [ "--node-ip=192.168.0.10" ];
+      }
     ];
     sopsSSHKeysWithAgeKey = tryReport [
       homelab

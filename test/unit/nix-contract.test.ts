@@ -9,9 +9,10 @@
 // (credentials, steps, the lock's exit status) are compared too.
 //
 // nix-instantiate is required (bash scripts/check-nix.sh installs it); a missing tool fails
-// the suite rather than skipping it. The evaluation of the whole module with nixpkgs' module
-// system needs nixpkgs' `lib`: set NIXPKGS_LIB to a nixpkgs `lib` directory (the flake's
-// devShell does); without it that part does not run.
+// the suite rather than skipping it. The module's firewall and credential decisions
+// (nix/host-policy.nix) are evaluated on every run. The evaluation of the whole module with
+// nixpkgs' module system needs nixpkgs' `lib`: set NIXPKGS_LIB to a nixpkgs `lib` directory (the
+// flake's devShell does); without it that part does not run.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -316,6 +317,7 @@ function nixpkgsLib(): string | undefined {
 interface Details {
   k3sExtraFlags: string | string[];
   k3sDropIns: Record<string, string>;
+  k3sRestartTriggers: string[];
   firewall: { checkReversePath: Json; allowedTCPPorts: number[]; allowedUDPPorts: number[]; extraCommands: string; extraInputRules: string };
   kernelModules: string[];
   blacklistedKernelModules: string[];
@@ -335,6 +337,7 @@ interface ModuleReport {
     warnings: string[];
     settingsJSON: string;
     k3sDropIns: Record<string, string>;
+    k3sRestartTriggers: string[];
     kernelModules: string[];
     blacklistedKernelModules: string[];
     unit: Record<string, Json> & { LoadCredential: string[]; after: string[]; wants: string[] };
@@ -363,6 +366,53 @@ const POD_ONLY_PORTS = [6443, 10250, 4240, 4244, 9100, 9962, 9963, 9964, 9965];
 const LEGACY_IPTABLES_MODULES = ['ip_tables', 'ip6_tables', 'iptable_filter', 'iptable_nat', 'iptable_mangle', 'iptable_raw'];
 const portsIn = (rule: string): number[] => (/(?:--dports |dport \{ )([\d, ]+)/.exec(rule)?.[1] ?? '').split(/[ ,]+/).filter(Boolean).map(Number).sort((a, b) => a - b);
 const sorted = (xs: readonly number[]): number[] => [...xs].sort((a, b) => a - b);
+
+interface FirewallPolicy {
+  lanTCPPorts: number[];
+  lanUDPPorts: number[];
+  podTCPPorts: number[];
+  iptablesRules: string;
+  nftablesRules: string;
+}
+interface HostPolicy {
+  defaults: { openFirewall: boolean; apiFromLAN: boolean; multiNode: boolean };
+  firewall: Record<'default' | 'apiFromLAN' | 'multiNode' | 'dualStack', FirewallPolicy>;
+  credentials: { main: string[]; reconcile: string[] };
+  credentialsWithoutOptional: { main: string[]; reconcile: string[] };
+}
+
+// Runs everywhere, CI included: the functions module.nix takes its firewall and LoadCredential=
+// values from, with the defaults its options declare. (How the module wires them into
+// networking.firewall and the units is the nixpkgs-lib test below and the flake's checks.)
+test('firewall and credentials: LAN gets only the Ingress, the pod network the metrics, the reconcile unit no age key', () => {
+  const p = evalJson<HostPolicy>('nix/tests/host-policy-dump.nix');
+  assert.deepEqual(p.defaults, { openFirewall: true, apiFromLAN: false, multiNode: false });
+  const fw = p.firewall.default;
+  assert.deepEqual(sorted(fw.lanTCPPorts), [80, 443]);
+  assert.deepEqual(fw.lanUDPPorts, []);
+  assert.deepEqual(sorted(fw.podTCPPorts), sorted(POD_ONLY_PORTS));
+  // Each backend's rules accept those ports from the pod network only, one rule per CIDR.
+  assert.match(fw.iptablesRules, /^iptables -A nixos-fw -s 10\.42\.0\.0\/16 -p tcp -m multiport --dports \S+ -j nixos-fw-accept\n$/);
+  assert.match(fw.nftablesRules, /^ip saddr 10\.42\.0\.0\/16 tcp dport \{ [\d, ]+ \} accept\n$/);
+  assert.deepEqual(portsIn(fw.iptablesRules), sorted(POD_ONLY_PORTS));
+  assert.deepEqual(portsIn(fw.nftablesRules), sorted(POD_ONLY_PORTS));
+  assert.match(p.firewall.dualStack.iptablesRules, /^ip6tables -A nixos-fw -s fd42::\/56 /m);
+  assert.match(p.firewall.dualStack.nftablesRules, /^ip6 saddr fd42::\/56 /m);
+  // The opt-ins add what they say; the metrics, Hubble and node-exporter ports never reach the LAN.
+  assert.deepEqual(sorted(p.firewall.apiFromLAN.lanTCPPorts), [80, 443, 6443]);
+  assert.deepEqual(sorted(p.firewall.multiNode.lanTCPPorts), [80, 443, 4240, 6443, 10250]);
+  assert.deepEqual(p.firewall.multiNode.lanUDPPorts, [8472]);
+  for (const [variant, f] of Object.entries(p.firewall)) {
+    for (const port of [4244, 9100, 9962, 9963, 9964, 9965]) assert.ok(!f.lanTCPPorts.includes(port), `${variant}: TCP ${port} open to the LAN`);
+  }
+  // The main unit gets every credential that is set; the reconcile unit (tunnel + DNS) only the
+  // kubeconfig and the Cloudflare token: never the age key or the git credential.
+  assert.deepEqual(names(p.credentials.main), ['age-key', 'cloudflare-api-token', 'git-repo-credential', 'kubeconfig']);
+  assert.ok(p.credentials.main.includes('age-key:/var/lib/sops-nix/keys.txt'));
+  assert.deepEqual(names(p.credentials.reconcile), ['cloudflare-api-token', 'kubeconfig']);
+  assert.deepEqual(names(p.credentialsWithoutOptional.main), ['age-key', 'kubeconfig']);
+  assert.deepEqual(names(p.credentialsWithoutOptional.reconcile), ['kubeconfig']);
+});
 
 // Needs nixpkgs' lib, which only a Nix machine has (README: "What is checked where"); CI cannot
 // download it, so there the test is not registered at all rather than reported as skipped.
@@ -413,6 +463,8 @@ if (libDir) test(
     // Cilium's k3s flags live in a config drop-in, so extraFlags stays the user's alone.
     assert.deepEqual(dropIn(h.k3sDropIns), CILIUM_K3S_FLAGS);
     assert.deepEqual(h.k3s.extraFlags, []);
+    // A changed /etc file restarts no unit, so the drop-in's content is a restart trigger of k3s.
+    assert.deepEqual(h.k3sRestartTriggers, [h.k3sDropIns['rancher/k3s/config.yaml.d/50-homelab-bootstrap.yaml']]);
     assert.ok(h.k3s.disable.includes('servicelb') && h.k3s.disable.includes('traefik'));
 
     // Firewall: from the LAN only the Ingress; the API, kubelet, Hubble and metrics ports
@@ -464,6 +516,8 @@ if (libDir) test(
       sopsSSHKeysOnly: /sops\.age\.keyFile = null[\s\S]*Set services\.homelab-bootstrap\.ageKeyFile[\s\S]*or set sops\.age\.keyFile/,
       // A string cannot take the module's list of flags; the message names the remedy.
       stringFlagsWithStoreConfig: /extraFlags is a string[\s\S]*Write services\.k3s\.extraFlags as a list/,
+      // A path literal is copied into the store by nixpkgs' `--config ${configPath}`.
+      stringFlagsWithPathLiteralConfig: /path literal \/etc\/k3s\/server\.yaml, which nixpkgs' k3s module copies into the Nix store[\s\S]*in quotes: "\/etc\/k3s\/server\.yaml"/,
       keyInStore: 'eval-error',
       keyAsPathLiteral: 'eval-error',
       conflictingCredentialPath: 'eval-error',
@@ -485,12 +539,31 @@ if (libDir) test(
       // A config file in the store: k3s reads no drop-in beside it, so the flags go on the command line.
       listWithStoreConfig: ok((d) => {
         assert.deepEqual(d.k3sDropIns, {});
+        // Flags on the command line change ExecStart, which restarts k3s by itself.
+        assert.deepEqual(d.k3sRestartTriggers, []);
         for (const f of ['--flannel-backend=none', '--disable-network-policy', '--disable-kube-proxy', '--node-ip=192.168.0.10']) {
           assert.ok((d.k3sExtraFlags as string[]).includes(f), f);
         }
       }),
       // A config file under /etc: the drop-in goes into its .d directory, which k3s reads.
-      configUnderEtc: ok((d) => assert.deepEqual(dropIn(d.k3sDropIns, 'k3s/server.yaml.d'), CILIUM_K3S_FLAGS)),
+      configUnderEtc: ok((d) => {
+        assert.deepEqual(dropIn(d.k3sDropIns, 'k3s/server.yaml.d'), CILIUM_K3S_FLAGS);
+        assert.deepEqual(d.k3sRestartTriggers, [d.k3sDropIns['k3s/server.yaml.d/50-homelab-bootstrap.yaml']]);
+      }),
+      // Another localStoragePath is another drop-in, and so another restart trigger.
+      otherLocalStoragePath: ok((d) => {
+        assert.equal(dropIn(d.k3sDropIns)['default-local-storage-path'], '/srv/k3s-volumes');
+        assert.equal(d.k3sRestartTriggers.length, 1);
+        assert.equal((JSON.parse(d.k3sRestartTriggers[0]!) as Record<string, Json>)['default-local-storage-path'], '/srv/k3s-volumes');
+      }),
+      // /etc/k3s/server.yaml unquoted: k3s reads the store copy, so no drop-in can reach it.
+      configAsPathLiteral: ok((d) => {
+        assert.deepEqual(d.k3sDropIns, {});
+        assert.deepEqual(d.k3sRestartTriggers, []);
+        for (const f of ['--flannel-backend=none', '--disable-network-policy', '--disable-kube-proxy', '--node-ip=192.168.0.10']) {
+          assert.ok((d.k3sExtraFlags as string[]).includes(f), f);
+        }
+      }),
       sopsSSHKeysWithAgeKey: ok((d) => assert.ok(d.mainCredentials.includes('age-key:/run/secrets/gitops-age-key'))),
       // firewall-iptables.nix sets `mkDefault false` where the kernel lacks rpfilter; that wins.
       kernelWithoutRPFilter: ok((d) => assert.equal(d.firewall.checkReversePath, false)),
