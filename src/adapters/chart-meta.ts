@@ -10,6 +10,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { parse as parseYaml } from 'yaml';
+import { FileReadError, readRegularFile } from '../read-file.ts';
 
 export interface ChartMeta {
   name: string;
@@ -116,9 +117,10 @@ export function readChartMeta(path: string): ChartMeta {
     const file = join(path, 'Chart.yaml');
     let text: string;
     try {
-      text = readFileSync(file, 'utf8');
+      // A FIFO or an endless file in the chart directory must not hang or bloat the run.
+      text = readRegularFile(file, MAX_CHART_YAML);
     } catch (e) {
-      throw new ChartReadError(`${file} cannot be read (${(e as NodeJS.ErrnoException).code ?? 'error'}); is ${path} a Helm chart?`);
+      throw new ChartReadError(`${file} ${e instanceof FileReadError ? e.reason : 'cannot be read'}; is ${path} a Helm chart?`);
     }
     return metaFrom(text, file);
   }

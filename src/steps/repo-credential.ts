@@ -2,7 +2,7 @@
 // an SSH private key), so Argo CD can read a private gitops.repoURL. Read fresh every run (a
 // rotated token is picked up by the next run) and written only when it differs. The credential
 // never appears in a Change, log line or error: the diff redacts Secret data.
-import { applyDiff } from '../adapters/kube.ts';
+import { applyDiff, describeTakeovers, takeovers } from '../adapters/kube.ts';
 import { isSecretDataPath, namespaceObject } from '../desired/age-key.ts';
 import {
   credentialValue,
@@ -14,7 +14,7 @@ import {
 import { Secret } from '../secret.ts';
 import type { Settings } from '../settings/schema.ts';
 import { warnIfExposed } from './preflight.ts';
-import type { Change, FieldDiff, Rendered, Step, StepContext } from './types.ts';
+import type { Change, FieldDiff, KubeObject, Rendered, Step, StepContext } from './types.ts';
 
 export interface RepoCredentialHave {
   namespaceExists: boolean;
@@ -23,6 +23,9 @@ export interface RepoCredentialHave {
   diff: FieldDiff[];
   /** The token or key as Argo CD wants it; prints as [redacted], only change() reveals it. */
   value: Secret;
+  current?: KubeObject;
+  /** Whose change (`argocd repo add`, kubectl) the write overwrites. */
+  takenFrom?: string;
 }
 
 const secretTarget = (w: RepoCredentialDesired) => `Secret ${w.namespace}/${w.name}`;
@@ -47,14 +50,19 @@ export const repoCredentialStep: Step<RepoCredentialDesired, RepoCredentialHave>
     const kube = ctx.adapters.kube;
     const namespaceExists = (await kube.get('v1', 'Namespace', want.namespace)) !== undefined;
     const current = namespaceExists ? await kube.get('v1', 'Secret', want.name, want.namespace) : undefined;
-    const diff = applyDiff(repoSecretObject(want, value.reveal()), current, { redact: isSecretDataPath });
-    return { namespaceExists, secretExists: current !== undefined, diff, value };
+    const desired = repoSecretObject(want, value.reveal());
+    const diff = applyDiff(desired, current, { redact: isSecretDataPath });
+    const taken = diff.length > 0 ? takeovers(desired, current) : [];
+    return { namespaceExists, secretExists: current !== undefined, diff, value, ...(current ? { current } : {}), ...(taken.length > 0 ? { takenFrom: describeTakeovers(taken) } : {}) };
   },
   changes(want: RepoCredentialDesired, have: RepoCredentialHave): Change[] {
     const out: Change[] = [];
     if (!have.namespaceExists) out.push({ action: 'create', target: namespaceTarget(want) });
     if (!have.secretExists) out.push({ action: 'create', target: secretTarget(want), diff: have.diff });
-    else if (have.diff.length > 0) out.push({ action: 'update', target: secretTarget(want), diff: have.diff, detail: `the Secret differs from gitops.repoURL or ${want.source}` });
+    else if (have.diff.length > 0) {
+      const detail = [`the Secret differs from gitops.repoURL or ${want.source}`, ...(have.takenFrom ? [have.takenFrom] : [])].join('; ');
+      out.push({ action: 'update', target: secretTarget(want), diff: have.diff, detail });
+    }
     else out.push({ action: 'noop', target: secretTarget(want) });
     return out;
   },
@@ -63,7 +71,7 @@ export const repoCredentialStep: Step<RepoCredentialDesired, RepoCredentialHave>
     if (changes.some((c) => c.target === namespaceTarget(want) && c.action === 'create')) await kube.apply(namespaceObject(want.namespace));
     if (changes.some((c) => c.target === secretTarget(want) && (c.action === 'create' || c.action === 'update'))) {
       // force: a Secret made by hand or by `argocd repo add` under this name is replaced by the file's truth.
-      await kube.apply(repoSecretObject(want, have.value.reveal()), { force: true });
+      await kube.apply(repoSecretObject(want, have.value.reveal()), { force: true, current: have.current });
     }
   },
   rendered(want: RepoCredentialDesired): Partial<Rendered> {

@@ -40,10 +40,10 @@ function writeSettings(repoURL: string, extra: Record<string, unknown> = {}): st
   return file;
 }
 
-function apply(config: string): { code: number; output: string } {
+function apply(config: string, command: 'apply' | 'plan' = 'apply'): { code: number; output: string } {
   // No CREDENTIALS_DIRECTORY: the settings' paths are read, as outside systemd.
   const env = { ...process.env, CREDENTIALS_DIRECTORY: '' };
-  const r = spawnSync(process.execPath, [cli, 'apply', '--config', config, '--state-dir', join(dir, 'state'), '--only', 'repo-credential'], { env, encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync(process.execPath, [cli, command, '--config', config, '--state-dir', join(dir, 'state'), '--only', 'repo-credential'], { env, encoding: 'utf8', timeout: 120_000 });
   const output = `${r.stdout}${r.stderr}`;
   outputs.push(output);
   return { code: r.status ?? -1, output };
@@ -101,6 +101,22 @@ describe('repo-credential: Argo CD repository Secret from a credential file', ()
     const r = apply(writeSettings('https://gitlab.example.org/me/homelab.git'));
     assert.equal(r.code, 0, r.output);
     assert.deepEqual(await decoded(), { type: 'git', url: 'https://gitlab.example.org/me/homelab.git', username: 'git', password: token });
+  });
+
+  it('edited by another client (kubectl patch): plan names that manager, apply takes the field back', async () => {
+    const config = writeSettings('https://gitlab.example.org/me/homelab.git');
+    const before = await decoded();
+    const r = await kubeJson(cp.rig, 'PATCH', `${SECRET_PATH}?fieldManager=kubectl-patch`, {
+      body: { data: { url: Buffer.from('https://gitlab.example.org/someone-else/homelab.git').toString('base64') } },
+      contentType: 'application/merge-patch+json',
+    });
+    assert.equal(r.status, 200);
+    const p = apply(config, 'plan');
+    assert.equal(p.code, 2, p.output);
+    assert.match(p.output, /update Secret argocd\/repo-gitops: .*overwrites the change of kubectl-patch \(Update\) to \$\.data\.url/, p.output);
+    const a = apply(config);
+    assert.equal(a.code, 0, a.output);
+    assert.deepEqual(await decoded(), before);
   });
 
   it('an SSH private key for an SSH URL becomes sshPrivateKey; the HTTPS fields go', async () => {

@@ -1,6 +1,7 @@
 // The pure parts of the Helm steps: planning, the Cilium upgrade guard, reading Helm's release
 // records and a chart's Chart.yaml without helm, and which helm failures are transient.
 import { describe, it } from 'node:test';
+import { execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -122,6 +123,19 @@ describe('readChartMeta: Chart.yaml without helm', () => {
     assert.deepEqual(readChartMeta(join(repoRoot, 'test', 'fixtures', 'charts', 'cilium')), cilium('1.18.4'));
   });
 
+  it('refuses a Chart.yaml that is a FIFO or larger than 1 MiB, naming the file, without hanging', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hb-chart-meta-'));
+    try {
+      execFileSync('mkfifo', [join(dir, 'Chart.yaml')]);
+      assert.throws(() => readChartMeta(dir), (e: Error) => e instanceof ChartReadError && e.message.includes(join(dir, 'Chart.yaml')) && /named pipe/.test(e.message));
+      rmSync(join(dir, 'Chart.yaml'));
+      writeFileSync(join(dir, 'Chart.yaml'), `name: x\nversion: 1.0.0\n# ${'x'.repeat(1024 * 1024)}\n`);
+      assert.throws(() => readChartMeta(dir), (e: Error) => e instanceof ChartReadError && /larger than/.test(e.message));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('follows PAX and GNU long names, and skips nested charts', () => {
     const entry = (name: string, body: string, type = '0') => {
       const h = Buffer.alloc(512);
@@ -159,7 +173,7 @@ describe('readChartMeta: Chart.yaml without helm', () => {
       assert.throws(() => readChartMeta(join(dir, 'plain.tgz')), /plain\.tgz is not a gzipped chart archive/);
       writeFileSync(join(dir, 'empty.tgz'), gzipSync(Buffer.alloc(1024)));
       assert.throws(() => readChartMeta(join(dir, 'empty.tgz')), /holds no <chart>\/Chart\.yaml/);
-      assert.throws(() => readChartMeta(dir), /Chart\.yaml cannot be read \(ENOENT\); is .* a Helm chart\?/);
+      assert.throws(() => readChartMeta(dir), /Chart\.yaml does not exist; is .* a Helm chart\?/);
       assert.throws(() => readChartMeta('/dev/zero'), /neither a directory nor a chart archive/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
