@@ -66,13 +66,6 @@
         default = pkgs.mkShell {
           packages = [
             pkgs.nodejs_24
-            pkgs.kubernetes-helm
-            pkgs.kubectl
-            pkgs.kubernetes
-            pkgs.etcd
-            pkgs.sops
-            pkgs.age
-            pkgs.kustomize-sops
             pkgs.go
             pkgs.git
           ];

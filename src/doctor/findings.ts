@@ -4,6 +4,7 @@
 // bootstrap can take over itself, and it deletes nothing.
 import type { KubeObject } from '../steps/types.ts';
 import { ARGOCD_RELEASE } from '../steps/argocd.ts';
+import { otherReleaseOwner } from '../steps/helm-release.ts';
 import { APPSET_NAME, APPSET_NAMESPACE } from '../desired/appset.ts';
 
 export interface Finding {
@@ -161,23 +162,21 @@ export function clusterFindings(s: ClusterSnapshot): Finding[] {
   );
 
   // --- CRDs the Argo CD chart will install but that its release does not own. The bootstrap takes
-  // over those without Helm ownership; one of another release it refuses (src/steps/helm-release.ts),
-  // with the same test of the release annotations.
+  // over those without Helm ownership; one of another release it refuses, as helm does.
   const release = `${ARGOCD_RELEASE.namespace}/${ARGOCD_RELEASE.name}`;
   const chartCrds = s.crds.filter((c) => (ARGOCD_CHART_CRDS as readonly string[]).includes(c.metadata.name));
-  const owner = (c: KubeObject) => {
-    const name = annotations(c)['meta.helm.sh/release-name'];
-    const namespace = annotations(c)['meta.helm.sh/release-namespace'];
-    const other = (name !== undefined && name !== ARGOCD_RELEASE.name) || (namespace !== undefined && namespace !== ARGOCD_RELEASE.namespace);
-    return { other, name: name ?? ARGOCD_RELEASE.name, namespace: namespace ?? ARGOCD_RELEASE.namespace, complete: name !== undefined && namespace !== undefined };
-  };
-  const foreign = chartCrds.filter((c) => owner(c).other);
-  const unowned = chartCrds.filter((c) => !owner(c).other && (labels(c)['app.kubernetes.io/managed-by'] !== 'Helm' || !owner(c).complete));
+  const foreign = chartCrds.flatMap((c) => {
+    const owner = otherReleaseOwner(annotations(c), ARGOCD_RELEASE);
+    return owner ? [{ crd: c.metadata.name, ...owner }] : [];
+  });
+  const ours = (c: KubeObject) =>
+    labels(c)['app.kubernetes.io/managed-by'] === 'Helm' && annotations(c)['meta.helm.sh/release-name'] === ARGOCD_RELEASE.name && annotations(c)['meta.helm.sh/release-namespace'] === ARGOCD_RELEASE.namespace;
+  const unowned = chartCrds.filter((c) => !ours(c) && !foreign.some((f) => f.crd === c.metadata.name));
   add('Argo CD CRDs', unowned.map((c) => `CRD ${c.metadata.name}`), `they are not owned by the Helm release ${release}, so a plain helm install would refuse them`, 'nothing: the bootstrap takes them over (helm --take-ownership) and keeps their Applications');
-  const uninstall = [...new Set(foreign.map((c) => `helm uninstall ${owner(c).name} -n ${owner(c).namespace}`))];
+  const uninstall = [...new Set(foreign.map((f) => `helm uninstall ${f.name} -n ${f.namespace}`))];
   add(
     'Argo CD CRDs',
-    foreign.map((c) => `CRD ${c.metadata.name} (Helm release ${owner(c).namespace}/${owner(c).name})`),
+    foreign.map((f) => `CRD ${f.crd} (Helm release ${f.namespace}/${f.name})`),
     `another Helm release owns them, and the bootstrap (release ${release}) refuses to take them from it`,
     `uninstall that release (${uninstall.join('; ')}) and make sure the CRDs no longer carry its meta.helm.sh annotations (a chart that keeps its CRDs leaves them), or ${WIPE}; do not delete the CRDs: that deletes every Application`,
   );
@@ -204,7 +203,7 @@ function madeByApplicationSet(app: KubeObject, apps: readonly KubeObject[], seen
 }
 
 /** The apps whose config the new tree keeps in /var/data/configs/<app> (the homelab-configs class). */
-export const APP_CONFIGS = ['plex', 'sonarr', 'radarr', 'prowlarr', 'overseerr', 'transmission'] as const;
+const APP_CONFIGS = ['plex', 'sonarr', 'radarr', 'prowlarr', 'overseerr', 'transmission'] as const;
 
 /** kube-proxy's and flannel's chains in `iptables-save` output (not the kubelet's own KUBE-FIREWALL/-KUBELET-CANARY). */
 const OLD_CHAINS = /^:(KUBE-(SERVICES|NODEPORTS|POSTROUTING|MARK-MASQ|SVC-|SEP-|EXT-|FW-|XLB-|PROXY-|EXTERNAL-SERVICES|FORWARD|ROUTER-|NWPLCY-|POD-FW-)[^ ]*|FLANNEL-[^ ]*)/;
@@ -233,8 +232,8 @@ export function hostFindings(h: HostSnapshot): Finding[] {
     }
   }
   if (h.configs) {
-    const dir = h.configs.dir;
-    const old = APP_CONFIGS.filter((a) => h.configs!.entries.includes(`${a}-data`));
+    const { dir, entries } = h.configs;
+    const old = APP_CONFIGS.filter((a) => entries.includes(`${a}-data`));
     if (old.length > 0) {
       out.push({
         component: 'app configs',
@@ -246,7 +245,6 @@ export function hostFindings(h: HostSnapshot): Finding[] {
   }
   return out;
 }
-
 
 export function formatFinding(f: Finding): string {
   return `${f.component}: found ${f.found}. Why it matters: ${f.why}. What to do: ${f.todo}.`;

@@ -246,18 +246,27 @@ async function upgradeInstall(ctx: StepContext, r: HelmReleaseSpec, opts: HelmWr
   }
 }
 
+/**
+ * The other Helm release an object's ownership annotations name (a missing one reads as this
+ * release's), or undefined: helm refuses to adopt such an object, and so does the bootstrap.
+ */
+export function otherReleaseOwner(
+  annotations: Readonly<Record<string, string>> | undefined,
+  r: { name: string; namespace: string },
+): { name: string; namespace: string } | undefined {
+  const name = annotations?.['meta.helm.sh/release-name'] ?? r.name;
+  const namespace = annotations?.['meta.helm.sh/release-namespace'] ?? r.namespace;
+  return name === r.name && namespace === r.namespace ? undefined : { name, namespace };
+}
+
 /** The chart's objects that exist and carry another release's Helm ownership, readable. */
 async function ownedElsewhere(ctx: StepContext, r: HelmReleaseSpec): Promise<string[]> {
   const objects = await ctx.adapters.helm.template(r, ctx.signal);
   const found: string[] = [];
   for (const o of objects) {
     const have = await ctx.adapters.kube.get(o.apiVersion, o.kind, o.name, o.namespace);
-    const a = have?.metadata.annotations ?? {};
-    const name = a['meta.helm.sh/release-name'];
-    const namespace = a['meta.helm.sh/release-namespace'];
-    if ((name !== undefined && name !== r.name) || (namespace !== undefined && namespace !== r.namespace)) {
-      found.push(`${o.kind} ${have!.metadata.namespace ? `${have!.metadata.namespace}/` : ''}${o.name} (release ${namespace ?? r.namespace}/${name ?? r.name})`);
-    }
+    const owner = have && otherReleaseOwner(have.metadata.annotations, r);
+    if (owner) found.push(`${o.kind} ${have.metadata.namespace ? `${have.metadata.namespace}/` : ''}${o.name} (release ${owner.namespace}/${owner.name})`);
   }
   return found;
 }
